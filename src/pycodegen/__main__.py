@@ -1,0 +1,5 @@
+"""`python -m pycodegen` runs the CLI."""
+
+from pycodegen.cli import main
+
+main()

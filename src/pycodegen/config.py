@@ -1,0 +1,145 @@
+"""Typed configs shared by CLI flags and YAML recipes (the same field names in both).
+
+Every model forbids unknown keys; `parse_config` turns pydantic's errors into one message that names the
+bad key and lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pycodegen.errors import ConfigError
+
+TASKS = ("docstring-to-body", "instruction", "lm-windows", "char-stream")
+FORMATS = ("auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval")
+TEMPLATES = ("hust", "chat", "plain")
+
+Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream"]
+Format = Literal["auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"]
+Template = Literal["hust", "chat", "plain"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrepareConfig(StrictModel):
+    """`pycodegen prepare`: source → cleaned, deduplicated, decontaminated, split task view."""
+
+    source: str | None = Field(None, description="Source tree or dataset file; default: the running stdlib.")
+    format: Format = Field("auto", description="Dataset format; 'auto' detects it from the fields.")
+    task: Task = Field("docstring-to-body", description="Task view to build.")
+    out: Path = Field(Path("runs/data"), description="Output dataset directory.")
+    decontaminate: list[Path] = Field(default_factory=list, description="Extra HumanEval-style JSONL files.")
+    builtin_eval_sets: bool = Field(True, description="Decontaminate against HumanEval and the MBPP test split.")
+    ngram: int = Field(10, ge=3, description="Tokens in the n-gram that marks a record as contaminated.")
+    skip_bad: bool = Field(False, description="Skip and count malformed dataset lines instead of failing.")
+    max_file_bytes: int = Field(1_000_000, gt=0, description="Skip source files larger than this.")
+    exclude: list[str] = Field(
+        default_factory=lambda: ["site-packages", "dist-packages", "__pycache__", ".git", ".venv", "node_modules"],
+        description="Directory names never descended into.",
+    )
+    normalize_indent: bool = Field(False, description="Re-indent code to 4 spaces per level (tabs too).")
+    strip_comments: bool = Field(False, description="Remove comments, keeping strings and docstrings.")
+    require_parse: bool = Field(False, description="Keep only code that parses as Python.")
+    require_function_return: bool = Field(False, description="Keep only code defining a function that returns.")
+    dedup: bool = Field(True, description="Drop exact and near duplicates.")
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard above which two are near-dups.")
+    num_perm: int = Field(64, ge=16, description="MinHash permutations.")
+    shingle: int = Field(5, ge=1, description="Tokens per shingle for near-dup detection.")
+    split_by: Literal["file", "repo"] = Field("file", description="Unit that never straddles two splits.")
+    valid_fraction: float = Field(0.05, ge=0, lt=1, description="Share of files (or repos) for validation.")
+    test_fraction: float = Field(0.05, ge=0, lt=1, description="Share of files (or repos) for test.")
+    seed: int = Field(0, description="Seed of the split.")
+    window: int = Field(256, ge=8, description="lm-windows: tokens per window (Autocoder: 256).")
+    stride: int = Field(128, ge=1, description="lm-windows: tokens between window starts.")
+    seq_len: int = Field(128, ge=2, description="char-stream: characters per sequence.")
+    template: Template = Field("hust", description="instruction: HUST template, the model's chat template, or plain.")
+    tokenizer: str | None = Field(None, description="Zoo name or local tokenizer dir (lm-windows, chat).")
+    train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the train split.")
+    vocab_size: int = Field(8192, ge=300, description="Vocabulary size of the trained BPE.")
+    workers: int = Field(0, ge=0, description="Parse processes; 0 = number of cores.")
+
+
+class GenerateConfig(StrictModel):
+    """`pycodegen generate`: a model completes prompts."""
+
+    model: str = Field("smollm2-135m-instruct", description="Zoo name, local HF directory or .gguf file.")
+    prompt: list[str] = Field(default_factory=list, description="Prompts to complete.")
+    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field("auto", description="How prompts are wrapped.")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per sample.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    n: int = Field(1, ge=1, description="Samples per prompt.")
+    seed: int = Field(0, description="Sampling seed.")
+    out: Path | None = Field(None, description="JSONL file for the samples (default: print only).")
+
+
+class RecipeConfig(StrictModel):
+    """A YAML recipe: the stages `pycodegen run` executes in order, each optional."""
+
+    name: str = Field(..., description="Recipe name, used in reports.")
+    out: Path = Field(Path("runs/recipe"), description="Run directory; stages write below it.")
+    prepare: PrepareConfig | None = None
+    generate: GenerateConfig | None = None
+    train: dict[str, Any] | None = Field(None, description="Reserved: training (not built yet).")
+    evaluate: dict[str, Any] | None = Field(None, description="Reserved: evaluation (not built yet).")
+    serve: dict[str, Any] | None = Field(None, description="Reserved: serving (not built yet).")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The config class that owns the key at `loc` (for listing its valid fields)."""
+    for key in loc[:-1]:
+        field = cls.model_fields.get(str(key))
+        if field is None:
+            break
+        ann = field.annotation
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        cls = sub
+    return cls
+
+
+def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M:
+    """Validate `data` as `cls`; any error names the key, and unknown keys list the valid ones.
+
+    >>> parse_config(GenerateConfig, {"temprature": 0.5})
+    Traceback (most recent call last):
+    ...
+    pycodegen.errors.ConfigError: config: unknown key 'temprature'; valid keys: max_new_tokens, model, n, out, prompt, prompt_mode, seed, temperature, top_p
+    """
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            dotted = ".".join(str(p) for p in loc)
+            if err["type"] == "extra_forbidden":
+                owner = _model_at(cls, loc)
+                valid = ", ".join(sorted(owner.model_fields))
+                messages.append(f"unknown key {dotted!r}; valid keys: {valid}")
+            else:
+                messages.append(f"{dotted}: {err['msg']}")
+        raise ConfigError(f"{where}: " + "; ".join(messages)) from None
+
+
+def load_recipe(path: Path) -> RecipeConfig:
+    """Read a YAML recipe; errors name the file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of stage names to settings")
+    return parse_config(RecipeConfig, data, where=str(path))

@@ -1,0 +1,1 @@
+"""The data layer: sources → records → cleaning, dedup, decontamination, split → task views."""

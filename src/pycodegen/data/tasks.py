@@ -1,0 +1,102 @@
+"""Task views: how a cleaned, split item becomes a training row. Each view is a named, documented format.
+
+- `docstring-to-body` (Stanford system, CodeSearchNet style): {id, prompt, target, path, qualname,
+  signature, lineno}; prompt = decorators + signature + docstring as written, target = the body.
+- `instruction` (HUST system): {id, instruction, prompt, target, tests}; prompt = the instruction in the
+  HUST template, in the model's chat template (`messages` also kept), or plain.
+- `lm-windows` (Autocoder): {id, path, lang, start, input_ids}; windows of `window` tokens every `stride`
+  tokens over whole files, with the language control token first and EOS last.
+- `char-stream` (char-RNN baseline): {id, text}; sequences of `seq_len` characters; vocab in vocab.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycodegen.data.records import FileRecord, FunctionRecord, PairRecord
+
+HUST_TEMPLATE = "### Instruction: Create a Python script for this problem: {prompt} ### Response:"
+
+
+@dataclass
+class Item:
+    """One unit that is cleaned, deduplicated, decontaminated and split as a whole."""
+
+    id: str
+    group: str
+    code: str
+    text: str
+    lang: str
+    record: FunctionRecord | FileRecord | PairRecord
+    signatures: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    tests: list[str] = field(default_factory=list)
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.text}\n{self.code}" if self.text else self.code
+
+
+def hust_prompt(instruction: str) -> str:
+    """The HUST instruction template.
+
+    >>> hust_prompt("add two numbers")
+    '### Instruction: Create a Python script for this problem: add two numbers ### Response:'
+    """
+    return HUST_TEMPLATE.format(prompt=instruction)
+
+
+def docstring_row(item: Item) -> dict[str, Any]:
+    fn = item.record
+    assert isinstance(fn, FunctionRecord)
+    return {
+        "id": item.id,
+        "prompt": fn.prompt,
+        "target": fn.body,
+        "path": fn.path,
+        "qualname": fn.qualname,
+        "signature": fn.signature,
+        "lineno": fn.lineno,
+    }
+
+
+def instruction_row(item: Item, template: str, tokenizer: Any | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": item.id, "instruction": item.text}
+    if template == "hust":
+        row["prompt"] = hust_prompt(item.text)
+    elif template == "chat":
+        messages = [{"role": "user", "content": item.text}]
+        row["messages"] = messages
+        row["prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        row["prompt"] = item.text
+    row["target"] = item.code
+    row["tests"] = item.tests
+    return row
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows covering a sequence; the last window is aligned to the end.
+
+    >>> window_starts(10, 4, 3)
+    [0, 3, 6]
+    >>> window_starts(11, 4, 3)
+    [0, 3, 6, 7]
+    >>> window_starts(3, 4, 3)
+    [0]
+    """
+    if n_tokens <= window:
+        return [0]
+    starts = list(range(0, n_tokens - window + 1, stride))
+    if starts[-1] + window < n_tokens:
+        starts.append(n_tokens - window)
+    return starts
+
+
+def char_chunks(text: str, seq_len: int) -> list[str]:
+    """Non-overlapping sequences of `seq_len` characters (the last may be shorter).
+
+    >>> char_chunks("abcdefg", 3)
+    ['abc', 'def', 'g']
+    """
+    return [text[i : i + seq_len] for i in range(0, len(text), seq_len)]

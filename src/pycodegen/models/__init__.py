@@ -1,0 +1,1 @@
+"""Model families, the zoo of embedded models, and loading of local weights."""
