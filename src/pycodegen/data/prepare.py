@@ -83,10 +83,24 @@ def pair_to_function(pair: PairRecord) -> FunctionRecord | None:
     fn = found[0]
     if fn.docstring is None:
         indent = fn.body[: len(fn.body) - len(fn.body.lstrip(" \t"))]
-        doc = pair.text.strip().replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-        fn.prompt += f'{indent}"""{doc}"""\n'
+        fn.prompt += f"{indent}{docstring_literal(pair.text.strip(), indent)}\n"
         fn.docstring = pair.text.strip()
     return fn
+
+
+def docstring_literal(text: str, indent: str = "") -> str:
+    """A triple-quoted literal whose value is `text` (quotes and backslashes escaped).
+
+    >>> import ast
+    >>> samples = ['Say "hi"', "a \\\\ b", "x" + '"' * 3 + "y", "plain"]
+    >>> [ast.literal_eval(docstring_literal(t)) == t for t in samples]
+    [True, True, True, True]
+    """
+    quote3 = '"' * 3
+    body = text.replace("\\", "\\\\").replace(quote3, '\\"' * 3)
+    if body.endswith('"'):
+        body = body[:-1] + '\\"'
+    return quote3 + body.replace("\n", "\n" + indent) + quote3
 
 
 class Preparer:

@@ -111,8 +111,14 @@ def _function_record(
         stmt = stmts[0]
         body_first = min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", []))])
         split_at = (node.body[0].end_lineno or node.lineno) if docstring is not None else body_first - 1
+        if split_at >= body_first:  # `"""doc"""; x = 1` on one line: no clean split
+            return None
         prompt = "".join(block[: split_at - first + 1])
-        body = "".join(block[body_first - first :])
+        # Comments between the docstring and the first statement belong to the body; blank lines do not.
+        rest = block[split_at - first + 1 :]
+        while rest and not rest[0].strip():
+            rest = rest[1:]
+        body = "".join(rest)
         if not body.endswith("\n"):
             body += "\n"
 

@@ -121,7 +121,15 @@ def materialize(resolved: ResolvedModel) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(resolved.path, gguf_file=resolved.gguf_file)
+    # transformers marks a GGUF-loaded model as quantized and refuses to save it, although its weights
+    # are already de-quantized fp32: copy them into a plain model built from the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)

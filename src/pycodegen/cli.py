@@ -1,0 +1,211 @@
+"""The `pycodegen` command line: one table from verb to function (VERBS), each verb a thin layer that
+turns flags into a typed config and calls the module that does the work."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from pycodegen.errors import PycodegenError
+
+console = Console(stderr=True)
+app = typer.Typer(
+    name="pycodegen",
+    help="Train, evaluate and serve deep-learning models that write Python code.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a user-facing error as one red line and exit 2, instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PycodegenError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _given(**flags: Any) -> dict[str, Any]:
+    """Only the flags the user set, so config defaults (and recipe values) stay in charge otherwise."""
+    return {k: v for k, v in flags.items() if v is not None and v != []}
+
+
+def prepare(
+    source: Annotated[str | None, typer.Option(help="Source tree or dataset file (default: the stdlib).")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="auto, python-tree, codealpaca, mbpp, "
+                                               "codesearchnet, conala, xlcost, humaneval.")] = None,
+    task: Annotated[str | None, typer.Option(help="docstring-to-body, instruction, lm-windows, char-stream.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dataset directory.")] = None,
+    decontaminate: Annotated[list[Path] | None, typer.Option(help="Extra eval set (JSONL); repeatable.")] = None,
+    builtin_eval_sets: Annotated[bool | None, typer.Option(help="Decontaminate against HumanEval + MBPP test.")] = None,
+    ngram: Annotated[int | None, typer.Option(help="Words in a contaminating n-gram.")] = None,
+    skip_bad: Annotated[bool | None, typer.Option(help="Skip and count malformed lines.")] = None,
+    max_file_bytes: Annotated[int | None, typer.Option(help="Skip larger source files.")] = None,
+    normalize_indent: Annotated[bool | None, typer.Option(help="4-space indentation, tabs included.")] = None,
+    strip_comments: Annotated[bool | None, typer.Option(help="Drop comments (tokenize-based).")] = None,
+    require_parse: Annotated[bool | None, typer.Option(help="Keep only code that parses.")] = None,
+    require_function_return: Annotated[bool | None, typer.Option(help="Keep only a function that returns.")] = None,
+    dedup: Annotated[bool | None, typer.Option(help="Exact + MinHash near-dup removal.")] = None,
+    split_by: Annotated[str | None, typer.Option(help="file or repo.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed.")] = None,
+    window: Annotated[int | None, typer.Option(help="lm-windows: tokens per window.")] = None,
+    stride: Annotated[int | None, typer.Option(help="lm-windows: stride.")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="char-stream: characters per sequence.")] = None,
+    template: Annotated[str | None, typer.Option(help="instruction: hust, chat or plain.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Zoo name or local tokenizer directory.")] = None,
+    train_tokenizer: Annotated[bool | None, typer.Option(help="Train a byte-level BPE on the train split.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parse processes (0 = all cores).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML file of prepare settings; flags override it.")] = None,
+) -> None:
+    """Build a dataset directory from a source tree or a dataset file.
+
+    Parses, cleans, deduplicates (exact + MinHash), decontaminates against HumanEval and the MBPP test
+    split, splits by file, and writes OUT/{train,valid,test}.jsonl with OUT/manifest.json.
+
+    [bold]Example[/]: docstring→body pairs from the standard library:
+
+        pycodegen prepare --task docstring-to-body --out runs/data/stdlib
+
+    [bold]Example[/]: MBPP in the HUST instruction template, dropping code that does not parse:
+
+        pycodegen prepare --source ../shared/data/mbpp.jsonl --task instruction --require-parse --out runs/data/mbpp
+    """
+    import yaml
+
+    from pycodegen.config import PrepareConfig, parse_config
+    from pycodegen.data.prepare import prepare as run_prepare
+
+    base: dict[str, Any] = {}
+    if config is not None:
+        try:
+            base = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise PycodegenError(f"cannot read {config}: {exc}") from None
+    flags = _given(source=source, format=format, task=task, out=out, decontaminate=decontaminate,
+                   builtin_eval_sets=builtin_eval_sets, ngram=ngram, skip_bad=skip_bad,
+                   max_file_bytes=max_file_bytes, normalize_indent=normalize_indent, strip_comments=strip_comments,
+                   require_parse=require_parse, require_function_return=require_function_return, dedup=dedup,
+                   split_by=split_by, seed=seed, window=window, stride=stride, seq_len=seq_len, template=template,
+                   tokenizer=tokenizer, train_tokenizer=train_tokenizer, vocab_size=vocab_size, workers=workers)
+    cfg = parse_config(PrepareConfig, {**base, **flags}, where=str(config) if config else "prepare")
+    run_prepare(cfg, console)
+
+
+def generate(
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt text; repeatable.")] = None,
+    model: Annotated[str | None, typer.Option(help="Zoo name, local HF directory or .gguf file.")] = None,
+    prompt_mode: Annotated[str | None, typer.Option(help="auto, raw, chat or hust.")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Samples per prompt.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write samples as JSONL here.")] = None,
+) -> None:
+    """Complete prompts with a model (the embedded SmolLM2-135M-Instruct by default).
+
+    Each sample is printed and, with --out, written as a JSONL line (task_id, sample_index, prompt,
+    completion, raw). Benchmark generation (--benchmark) comes with the evaluation capability.
+
+    [bold]Example[/]:
+
+        pycodegen generate -p "Write a Python function that returns the factorial of n." --max-new-tokens 96
+    """
+    from pycodegen.config import GenerateConfig, parse_config
+    from pycodegen.generate.run import run_generate
+
+    cfg = parse_config(GenerateConfig, _given(prompt=prompt, model=model, prompt_mode=prompt_mode, n=n,
+                                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                              seed=seed, out=out), where="generate")
+    if not cfg.prompt:
+        raise PycodegenError("give at least one --prompt")
+    run_generate(cfg, console, echo=True)
+
+
+def run(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe.")],
+    force: Annotated[bool, typer.Option(help="Rerun stages that are already done.")] = False,
+) -> None:
+    """Run a recipe's stages in order (prepare → train → generate → evaluate), skipping finished ones.
+
+    A stage is done when its marker under OUT/stages/ matches its settings; change a setting and only
+    that stage and the ones after it run again.
+
+    [bold]Example[/]: the quickstart (what `make quickstart` runs):
+
+        pycodegen run recipes/quickstart.yaml
+    """
+    from pycodegen.config import load_recipe
+    from pycodegen.recipe import run_recipe
+
+    run_recipe(load_recipe(recipe), console, force=force)
+
+
+def _not_built(verb: str, capability: str, example: str) -> Callable[..., None]:
+    def command(ctx: typer.Context) -> None:
+        raise PycodegenError(f"`pycodegen {verb}` is not built yet: {capability}")
+
+    command.__doc__ = f"{capability.capitalize()} [not built yet].\n\n[bold]Example[/] (once built):\n\n    {example}"
+    return command
+
+
+train = _not_built(
+    "train", "model training (the accelerate-based trainer, LoRA/QLoRA) is its own capability",
+    "pycodegen train --family hf-causal --data runs/data/stdlib --out runs/train --max-steps 200",
+)
+evaluate = _not_built(
+    "evaluate", "evaluation (the pass@k executor and the text metrics) is its own capability",
+    "pycodegen evaluate samples.jsonl --benchmark humaneval --out runs/eval",
+)
+serve = _not_built(
+    "serve", "serving (the OpenAI-compatible HTTP server and playground) is its own capability",
+    "pycodegen serve --model smollm2-135m-instruct --port 8000",
+)
+report = _not_built(
+    "report", "side-by-side reports of evaluation runs come with the evaluation capability",
+    "pycodegen report runs/eval-a runs/eval-b",
+)
+
+# The single verb table: name → function.
+VERBS: dict[str, Callable[..., Any]] = {
+    "prepare": prepare,
+    "train": train,
+    "generate": generate,
+    "evaluate": evaluate,
+    "serve": serve,
+    "run": run,
+    "report": report,
+}
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+for _name, _func in VERBS.items():
+    _ctx = _PASSTHROUGH if _func in (train, evaluate, serve, report) else None
+    app.command(_name, context_settings=_ctx)(user_errors(_func))
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from pycodegen import __version__
+
+        print(json.dumps({"pycodegen": __version__}))
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

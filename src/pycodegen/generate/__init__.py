@@ -1,0 +1,1 @@
+"""Decoding (greedy, sampling, stops, batching) and prompt modes."""

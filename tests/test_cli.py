@@ -1,0 +1,92 @@
+"""The CLI as a user runs it: a real subprocess for each verb."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pycodegen.cli import VERBS
+
+
+def pycodegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pycodegen", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+
+
+def test_verbs_are_the_documented_ones() -> None:
+    assert list(VERBS) == ["prepare", "train", "generate", "evaluate", "serve", "run", "report"]
+
+
+@pytest.mark.parametrize("verb", list(VERBS))
+def test_help_shows_a_worked_example(verb: str) -> None:
+    result = pycodegen(verb, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Example" in result.stdout and f"pycodegen {verb}" in result.stdout
+
+
+@pytest.mark.parametrize("verb", ["train", "evaluate", "serve", "report"])
+def test_unbuilt_verbs_say_so(verb: str) -> None:
+    result = pycodegen(verb, "--anything", "x")
+    assert result.returncode == 2 and "not built yet" in result.stderr
+
+
+def test_prepare_end_to_end(tmp_path: Path, messy_tree: Path) -> None:
+    out = tmp_path / "ds"
+    result = pycodegen("prepare", "--source", str(messy_tree), "--task", "instruction", "--out", str(out),
+                       "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["task"] == "instruction" and manifest["skipped_files"]["counts"]["not-utf8"] == 1
+    row = json.loads((out / "train.jsonl").read_text().splitlines()[0])
+    assert row["prompt"].startswith("### Instruction:") and row["target"].lstrip().startswith("def ")
+
+
+def test_prepare_bad_input_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "code": "b", "test_list": []}\n{oops\n')
+    result = pycodegen("prepare", "--source", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert f"error: {bad}:2: invalid JSON" in result.stderr and "Traceback" not in result.stderr
+    result = pycodegen("prepare", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_prepare_config_file_with_flag_override(tmp_path: Path, messy_tree: Path) -> None:
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text(f"source: {messy_tree}\ntask: char-stream\nseq_len: 40\nworkers: 1\n")
+    out = tmp_path / "o"
+    result = pycodegen("prepare", "--config", str(cfg), "--seq-len", "20", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["seq_len"] == 20 and manifest["task"] == "char-stream"
+
+
+def test_hub_ids_are_refused_without_network() -> None:
+    result = pycodegen("generate", "-p", "hi", "--model", "bigcode/starcoder")
+    assert result.returncode == 2 and "never downloads from a hub" in result.stderr
+
+
+def test_run_resumes_finished_stages(tmp_path: Path, messy_tree: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nout: {tmp_path / 'run'}\nprepare:\n  source: {messy_tree}\n  workers: 1\n")
+    first = pycodegen("run", str(recipe))
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "run" / "data" / "manifest.json").is_file()
+    second = pycodegen("run", str(recipe))
+    assert second.returncode == 0 and "prepare is up to date" in second.stderr
+    recipe.write_text(recipe.read_text() + "  seed: 3\n")  # a changed setting reruns the stage
+    third = pycodegen("run", str(recipe))
+    assert third.returncode == 0 and "up to date" not in third.stderr
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["options"]["seed"] == 3
+
+
+def test_run_refuses_unbuilt_stages(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\ntrain: {family: seq2seq}\n")
+    result = pycodegen("run", str(recipe))
+    assert result.returncode == 2 and "model training is not built yet" in result.stderr

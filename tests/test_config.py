@@ -1,0 +1,50 @@
+"""Typed configs: unknown keys and bad values give errors that name them; recipes validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pycodegen.config import PrepareConfig, RecipeConfig, load_recipe, parse_config
+from pycodegen.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_validates(recipe: Path) -> None:
+    assert isinstance(load_recipe(recipe), RecipeConfig)
+
+
+def test_unknown_nested_key_lists_valid_keys(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nprepare:\n  taks: instruction\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    msg = str(info.value)
+    assert str(path) in msg and "unknown key 'prepare.taks'" in msg and "task" in msg.split("valid keys:")[1]
+
+
+def test_unknown_stage_lists_stages(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\nprepair: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'prepair'; valid keys: .*prepare"):
+        load_recipe(path)
+
+
+def test_bad_value_names_field_and_choices() -> None:
+    with pytest.raises(ConfigError, match="task: Input should be 'docstring-to-body'"):
+        parse_config(PrepareConfig, {"task": "lm"})
+    with pytest.raises(ConfigError, match="window: Input should be greater than or equal to 8"):
+        parse_config(PrepareConfig, {"window": 2})
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="a recipe is a mapping"):
+        load_recipe(bad)
