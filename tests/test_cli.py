@@ -13,8 +13,14 @@ from pycodegen.cli import VERBS
 
 
 def pycodegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pycodegen", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    return subprocess.run(
+        [sys.executable, "-m", "pycodegen", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
 
 
 def test_verbs_are_the_documented_ones() -> None:
@@ -36,8 +42,9 @@ def test_unbuilt_verbs_say_so(verb: str) -> None:
 
 def test_prepare_end_to_end(tmp_path: Path, messy_tree: Path) -> None:
     out = tmp_path / "ds"
-    result = pycodegen("prepare", "--source", str(messy_tree), "--task", "instruction", "--out", str(out),
-                       "--workers", "1")
+    result = pycodegen(
+        "prepare", "--source", str(messy_tree), "--task", "instruction", "--out", str(out), "--workers", "1"
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task"] == "instruction" and manifest["skipped_files"]["counts"]["not-utf8"] == 1

@@ -29,7 +29,7 @@ def test_unknown_nested_key_lists_valid_keys(tmp_path: Path) -> None:
 def test_unknown_stage_lists_stages(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("name: x\nprepair: {}\n")
-    with pytest.raises(ConfigError, match="unknown key 'prepair'; valid keys: .*prepare"):
+    with pytest.raises(ConfigError, match=r"unknown key 'prepair'; valid keys: .*prepare"):
         load_recipe(path)
 
 

@@ -11,15 +11,40 @@ from pycodegen.data.formats import FORMATS, read_dataset
 from pycodegen.errors import ConfigError, DataError
 
 FIXTURES = {
-    "codealpaca": [{"instruction": "Add two numbers.", "input": "a=1, b=2", "output": "def add(a, b):\n    return a + b"}],
-    "mbpp": [{"task_id": 601, "text": "Add.", "code": "def add(a, b):\r\n    return a + b",
-              "test_list": ["assert add(1, 2) == 3"], "test_setup_code": "", "challenge_test_list": []}],
-    "codesearchnet": [{"repo": "o/r", "path": "m.py", "func_name": "add", "docstring": "Add.",
-                       "code": "def add(a, b):\n    return a + b", "language": "python"}],
+    "codealpaca": [
+        {"instruction": "Add two numbers.", "input": "a=1, b=2", "output": "def add(a, b):\n    return a + b"}
+    ],
+    "mbpp": [
+        {
+            "task_id": 601,
+            "text": "Add.",
+            "code": "def add(a, b):\r\n    return a + b",
+            "test_list": ["assert add(1, 2) == 3"],
+            "test_setup_code": "",
+            "challenge_test_list": [],
+        }
+    ],
+    "codesearchnet": [
+        {
+            "repo": "o/r",
+            "path": "m.py",
+            "func_name": "add",
+            "docstring": "Add.",
+            "code": "def add(a, b):\n    return a + b",
+            "language": "python",
+        }
+    ],
     "conala": [{"question_id": 7, "intent": "add", "rewritten_intent": "add a and b", "snippet": "a + b"}],
     "xlcost": [{"text": "add two numbers", "code": "print(1 + 2)"}],
-    "humaneval": [{"task_id": "X/0", "prompt": "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "entry_point": "add",
-                   "canonical_solution": "    return a + b\n", "test": "def check(c):\n    assert c(1, 2) == 3\n"}],
+    "humaneval": [
+        {
+            "task_id": "X/0",
+            "prompt": 'def add(a, b):\n    """Add."""\n',
+            "entry_point": "add",
+            "canonical_solution": "    return a + b\n",
+            "test": "def check(c):\n    assert c(1, 2) == 3\n",
+        }
+    ],
 }
 
 
@@ -98,9 +123,9 @@ def test_malformed_array_element_names_its_line(tmp_path: Path) -> None:
 def test_undetectable_and_unknown_formats(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"question": "q", "answer": "a"}\n')
-    with pytest.raises(DataError, match="cannot detect the dataset format.*pass --format"):
+    with pytest.raises(DataError, match=r"cannot detect the dataset format.*pass --format"):
         read_dataset(path)
-    with pytest.raises(ConfigError, match="unknown dataset format 'alpaca'; valid: .*codealpaca"):
+    with pytest.raises(ConfigError, match=r"unknown dataset format 'alpaca'; valid: .*codealpaca"):
         read_dataset(path, "alpaca")
     assert set(FORMATS) == {"codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"}
 

@@ -25,8 +25,16 @@ def _all_rows(out: Path) -> list[dict]:
 
 def test_messy_tree_docstring_to_body(messy_tree: Path, tmp_path: Path, humaneval_rows: list[dict]) -> None:
     out = tmp_path / "out"
-    m = prepare(PrepareConfig(source=str(messy_tree), out=out, max_file_bytes=100_000, workers=1,
-                              valid_fraction=0.2, test_fraction=0.2))
+    m = prepare(
+        PrepareConfig(
+            source=str(messy_tree),
+            out=out,
+            max_file_bytes=100_000,
+            workers=1,
+            valid_fraction=0.2,
+            test_fraction=0.2,
+        )
+    )
     # Every bad file is skipped and counted by reason, none crashes the run.
     assert m["skipped_files"]["counts"] == {"not-utf8": 1, "syntax-error": 1, "too-large": 1}
     assert m["skipped_files"]["paths"]["too-large"] == ["pkg/huge.py"]
@@ -73,9 +81,20 @@ def test_a_different_seed_changes_the_split(messy_tree: Path, tmp_path: Path) ->
 
 def test_lm_windows_never_straddle_splits(messy_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "win"
-    m = prepare(PrepareConfig(source=str(messy_tree), out=out, task="lm-windows", window=16, stride=8,
-                              train_tokenizer=True, vocab_size=400, workers=1, valid_fraction=0.25,
-                              test_fraction=0.25))
+    m = prepare(
+        PrepareConfig(
+            source=str(messy_tree),
+            out=out,
+            task="lm-windows",
+            window=16,
+            stride=8,
+            train_tokenizer=True,
+            vocab_size=400,
+            workers=1,
+            valid_fraction=0.25,
+            test_fraction=0.25,
+        )
+    )
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
@@ -112,8 +131,9 @@ def test_char_stream_and_vocab(messy_tree: Path, tmp_path: Path) -> None:
 
 def test_instruction_view_from_mbpp_uses_hust_template(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "mbpp"
-    m = prepare(PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=out, task="instruction",
-                              require_parse=True))
+    m = prepare(
+        PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=out, task="instruction", require_parse=True)
+    )
     assert m["source"]["format"] == "mbpp" and m["source"]["rows"] == 974
     ids = {r["id"] for r in _all_rows(out)}
     # The MBPP test split (task_ids 11-510) is an evaluation set: none of it may remain.
@@ -126,9 +146,16 @@ def test_instruction_view_from_mbpp_uses_hust_template(shared_data: Path, tmp_pa
 
 def test_docstring_view_from_codealpaca_with_hust_cleaning(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "alpaca"
-    m = prepare(PrepareConfig(source=str(shared_data / "code_alpaca_2k.json"), out=out,
-                              task="docstring-to-body", require_function_return=True, strip_comments=True,
-                              normalize_indent=True))
+    m = prepare(
+        PrepareConfig(
+            source=str(shared_data / "code_alpaca_2k.json"),
+            out=out,
+            task="docstring-to-body",
+            require_function_return=True,
+            strip_comments=True,
+            normalize_indent=True,
+        )
+    )
     assert m["source"]["format"] == "codealpaca" and m["source"]["rows"] == 2017
     rows = _all_rows(out)
     assert 300 < len(rows) < 557  # the README counts 557 Python function outputs; filters drop some
@@ -145,8 +172,18 @@ def test_cleaning_rewrites_functions(tmp_path: Path) -> None:
     src.mkdir()
     (src / "tabs.py").write_text('def f(x):\n\t"""Doc."""\n\tif x:  # why\n\t\treturn "# kept"\n\treturn 0\n')
     out = tmp_path / "out"
-    prepare(PrepareConfig(source=str(src), out=out, strip_comments=True, normalize_indent=True, workers=1,
-                          valid_fraction=0, test_fraction=0, builtin_eval_sets=False))
+    prepare(
+        PrepareConfig(
+            source=str(src),
+            out=out,
+            strip_comments=True,
+            normalize_indent=True,
+            workers=1,
+            valid_fraction=0,
+            test_fraction=0,
+            builtin_eval_sets=False,
+        )
+    )
     (row,) = _rows(out, "train")
     assert row["prompt"] == 'def f(x):\n    """Doc."""\n'
     assert row["target"] == '    if x:\n        return "# kept"\n    return 0\n'
@@ -159,12 +196,31 @@ def test_extra_decontamination_file(tmp_path: Path) -> None:
     (src / "a.py").write_text(f'def weighted(items, weight):\n    """Weighted sum."""\n{body}')
     (src / "b.py").write_text('def other(x):\n    """Other."""\n    return x\n')
     evalset = tmp_path / "private_eval.jsonl"
-    evalset.write_text(json.dumps({"task_id": "private/0", "prompt": "def weighted_sum(items, weight):\n",
-                                   "entry_point": "weighted_sum", "test": "", "canonical_solution": body}) + "\n")
-    m = prepare(PrepareConfig(source=str(src), out=tmp_path / "o", decontaminate=[evalset], workers=1,
-                              valid_fraction=0, test_fraction=0))
+    evalset.write_text(
+        json.dumps(
+            {
+                "task_id": "private/0",
+                "prompt": "def weighted_sum(items, weight):\n",
+                "entry_point": "weighted_sum",
+                "test": "",
+                "canonical_solution": body,
+            }
+        )
+        + "\n"
+    )
+    m = prepare(
+        PrepareConfig(
+            source=str(src),
+            out=tmp_path / "o",
+            decontaminate=[evalset],
+            workers=1,
+            valid_fraction=0,
+            test_fraction=0,
+        )
+    )
     assert [(d["id"], d["matched"], d["reason"]) for d in m["decontamination"]["dropped"]] == [
-        ("a.py::weighted", "private_eval.jsonl:private/0", "ngram")]
+        ("a.py::weighted", "private_eval.jsonl:private/0", "ngram")
+    ]
     assert m["decontamination"]["eval_sets"][-1]["name"] == str(evalset)
 
 

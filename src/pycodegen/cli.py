@@ -44,20 +44,34 @@ def _given(**flags: Any) -> dict[str, Any]:
 
 
 def prepare(
-    source: Annotated[str | None, typer.Option(help="Source tree or dataset file (default: the stdlib).")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="auto, python-tree, codealpaca, mbpp, "
-                                               "codesearchnet, conala, xlcost, humaneval.")] = None,
-    task: Annotated[str | None, typer.Option(help="docstring-to-body, instruction, lm-windows, char-stream.")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="Source tree or dataset file (default: the stdlib).")
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="auto, python-tree, codealpaca, mbpp, codesearchnet, conala, xlcost, humaneval."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="docstring-to-body, instruction, lm-windows, char-stream.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output dataset directory.")] = None,
-    decontaminate: Annotated[list[Path] | None, typer.Option(help="Extra eval set (JSONL); repeatable.")] = None,
-    builtin_eval_sets: Annotated[bool | None, typer.Option(help="Decontaminate against HumanEval + MBPP test.")] = None,
+    decontaminate: Annotated[
+        list[Path] | None, typer.Option(help="Extra eval set (JSONL); repeatable.")
+    ] = None,
+    builtin_eval_sets: Annotated[
+        bool | None, typer.Option(help="Decontaminate against HumanEval + MBPP test.")
+    ] = None,
     ngram: Annotated[int | None, typer.Option(help="Words in a contaminating n-gram.")] = None,
     skip_bad: Annotated[bool | None, typer.Option(help="Skip and count malformed lines.")] = None,
     max_file_bytes: Annotated[int | None, typer.Option(help="Skip larger source files.")] = None,
     normalize_indent: Annotated[bool | None, typer.Option(help="4-space indentation, tabs included.")] = None,
     strip_comments: Annotated[bool | None, typer.Option(help="Drop comments (tokenize-based).")] = None,
     require_parse: Annotated[bool | None, typer.Option(help="Keep only code that parses.")] = None,
-    require_function_return: Annotated[bool | None, typer.Option(help="Keep only a function that returns.")] = None,
+    require_function_return: Annotated[
+        bool | None, typer.Option(help="Keep only a function that returns.")
+    ] = None,
     dedup: Annotated[bool | None, typer.Option(help="Exact + MinHash near-dup removal.")] = None,
     split_by: Annotated[str | None, typer.Option(help="file or repo.")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed.")] = None,
@@ -66,10 +80,14 @@ def prepare(
     seq_len: Annotated[int | None, typer.Option(help="char-stream: characters per sequence.")] = None,
     template: Annotated[str | None, typer.Option(help="instruction: hust, chat or plain.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Zoo name or local tokenizer directory.")] = None,
-    train_tokenizer: Annotated[bool | None, typer.Option(help="Train a byte-level BPE on the train split.")] = None,
+    train_tokenizer: Annotated[
+        bool | None, typer.Option(help="Train a byte-level BPE on the train split.")
+    ] = None,
     vocab_size: Annotated[int | None, typer.Option(help="BPE vocabulary size.")] = None,
     workers: Annotated[int | None, typer.Option(help="Parse processes (0 = all cores).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML file of prepare settings; flags override it.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of prepare settings; flags override it.")
+    ] = None,
 ) -> None:
     """Build a dataset directory from a source tree or a dataset file.
 
@@ -82,7 +100,8 @@ def prepare(
 
     [bold]Example[/]: MBPP in the HUST instruction template, dropping code that does not parse:
 
-        pycodegen prepare --source ../shared/data/mbpp.jsonl --task instruction --require-parse --out runs/data/mbpp
+        pycodegen prepare --source ../shared/data/mbpp.jsonl --task instruction \
+            --require-parse --out runs/data/mbpp
     """
     import yaml
 
@@ -95,18 +114,40 @@ def prepare(
             base = yaml.safe_load(config.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise PycodegenError(f"cannot read {config}: {exc}") from None
-    flags = _given(source=source, format=format, task=task, out=out, decontaminate=decontaminate,
-                   builtin_eval_sets=builtin_eval_sets, ngram=ngram, skip_bad=skip_bad,
-                   max_file_bytes=max_file_bytes, normalize_indent=normalize_indent, strip_comments=strip_comments,
-                   require_parse=require_parse, require_function_return=require_function_return, dedup=dedup,
-                   split_by=split_by, seed=seed, window=window, stride=stride, seq_len=seq_len, template=template,
-                   tokenizer=tokenizer, train_tokenizer=train_tokenizer, vocab_size=vocab_size, workers=workers)
+    flags = _given(
+        source=source,
+        format=format,
+        task=task,
+        out=out,
+        decontaminate=decontaminate,
+        builtin_eval_sets=builtin_eval_sets,
+        ngram=ngram,
+        skip_bad=skip_bad,
+        max_file_bytes=max_file_bytes,
+        normalize_indent=normalize_indent,
+        strip_comments=strip_comments,
+        require_parse=require_parse,
+        require_function_return=require_function_return,
+        dedup=dedup,
+        split_by=split_by,
+        seed=seed,
+        window=window,
+        stride=stride,
+        seq_len=seq_len,
+        template=template,
+        tokenizer=tokenizer,
+        train_tokenizer=train_tokenizer,
+        vocab_size=vocab_size,
+        workers=workers,
+    )
     cfg = parse_config(PrepareConfig, {**base, **flags}, where=str(config) if config else "prepare")
     run_prepare(cfg, console)
 
 
 def generate(
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt text; repeatable.")] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Prompt text; repeatable.")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Zoo name, local HF directory or .gguf file.")] = None,
     prompt_mode: Annotated[str | None, typer.Option(help="auto, raw, chat or hust.")] = None,
     n: Annotated[int | None, typer.Option("-n", help="Samples per prompt.")] = None,
@@ -128,9 +169,21 @@ def generate(
     from pycodegen.config import GenerateConfig, parse_config
     from pycodegen.generate.run import run_generate
 
-    cfg = parse_config(GenerateConfig, _given(prompt=prompt, model=model, prompt_mode=prompt_mode, n=n,
-                                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                              seed=seed, out=out), where="generate")
+    cfg = parse_config(
+        GenerateConfig,
+        _given(
+            prompt=prompt,
+            model=model,
+            prompt_mode=prompt_mode,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            out=out,
+        ),
+        where="generate",
+    )
     if not cfg.prompt:
         raise PycodegenError("give at least one --prompt")
     run_generate(cfg, console, echo=True)
@@ -159,24 +212,30 @@ def _not_built(verb: str, capability: str, example: str) -> Callable[..., None]:
     def command(ctx: typer.Context) -> None:
         raise PycodegenError(f"`pycodegen {verb}` is not built yet: {capability}")
 
-    command.__doc__ = f"{capability.capitalize()} [not built yet].\n\n[bold]Example[/] (once built):\n\n    {example}"
+    command.__doc__ = (
+        f"{capability.capitalize()} [not built yet].\n\n[bold]Example[/] (once built):\n\n    {example}"
+    )
     return command
 
 
 train = _not_built(
-    "train", "model training (the accelerate-based trainer, LoRA/QLoRA) is its own capability",
+    "train",
+    "model training (the accelerate-based trainer, LoRA/QLoRA) is its own capability",
     "pycodegen train --family hf-causal --data runs/data/stdlib --out runs/train --max-steps 200",
 )
 evaluate = _not_built(
-    "evaluate", "evaluation (the pass@k executor and the text metrics) is its own capability",
+    "evaluate",
+    "evaluation (the pass@k executor and the text metrics) is its own capability",
     "pycodegen evaluate samples.jsonl --benchmark humaneval --out runs/eval",
 )
 serve = _not_built(
-    "serve", "serving (the OpenAI-compatible HTTP server and playground) is its own capability",
+    "serve",
+    "serving (the OpenAI-compatible HTTP server and playground) is its own capability",
     "pycodegen serve --model smollm2-135m-instruct --port 8000",
 )
 report = _not_built(
-    "report", "side-by-side reports of evaluation runs come with the evaluation capability",
+    "report",
+    "side-by-side reports of evaluation runs come with the evaluation capability",
     "pycodegen report runs/eval-a runs/eval-b",
 )
 

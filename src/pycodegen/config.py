@@ -19,7 +19,9 @@ FORMATS = ("auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala
 TEMPLATES = ("hust", "chat", "plain")
 
 Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream"]
-Format = Literal["auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"]
+Format = Literal[
+    "auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"
+]
 Template = Literal["hust", "chat", "plain"]
 
 
@@ -35,20 +37,33 @@ class PrepareConfig(StrictModel):
     task: Task = Field("docstring-to-body", description="Task view to build.")
     out: Path = Field(Path("runs/data"), description="Output dataset directory.")
     decontaminate: list[Path] = Field(default_factory=list, description="Extra HumanEval-style JSONL files.")
-    builtin_eval_sets: bool = Field(True, description="Decontaminate against HumanEval and the MBPP test split.")
+    builtin_eval_sets: bool = Field(
+        True, description="Decontaminate against HumanEval and the MBPP test split."
+    )
     ngram: int = Field(10, ge=3, description="Tokens in the n-gram that marks a record as contaminated.")
     skip_bad: bool = Field(False, description="Skip and count malformed dataset lines instead of failing.")
     max_file_bytes: int = Field(1_000_000, gt=0, description="Skip source files larger than this.")
     exclude: list[str] = Field(
-        default_factory=lambda: ["site-packages", "dist-packages", "__pycache__", ".git", ".venv", "node_modules"],
+        default_factory=lambda: [
+            "site-packages",
+            "dist-packages",
+            "__pycache__",
+            ".git",
+            ".venv",
+            "node_modules",
+        ],
         description="Directory names never descended into.",
     )
     normalize_indent: bool = Field(False, description="Re-indent code to 4 spaces per level (tabs too).")
     strip_comments: bool = Field(False, description="Remove comments, keeping strings and docstrings.")
     require_parse: bool = Field(False, description="Keep only code that parses as Python.")
-    require_function_return: bool = Field(False, description="Keep only code defining a function that returns.")
+    require_function_return: bool = Field(
+        False, description="Keep only code defining a function that returns."
+    )
     dedup: bool = Field(True, description="Drop exact and near duplicates.")
-    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard above which two are near-dups.")
+    near_dup_threshold: float = Field(
+        0.85, gt=0, le=1, description="MinHash Jaccard above which two are near-dups."
+    )
     num_perm: int = Field(64, ge=16, description="MinHash permutations.")
     shingle: int = Field(5, ge=1, description="Tokens per shingle for near-dup detection.")
     split_by: Literal["file", "repo"] = Field("file", description="Unit that never straddles two splits.")
@@ -58,7 +73,9 @@ class PrepareConfig(StrictModel):
     window: int = Field(256, ge=8, description="lm-windows: tokens per window (Autocoder: 256).")
     stride: int = Field(128, ge=1, description="lm-windows: tokens between window starts.")
     seq_len: int = Field(128, ge=2, description="char-stream: characters per sequence.")
-    template: Template = Field("hust", description="instruction: HUST template, the model's chat template, or plain.")
+    template: Template = Field(
+        "hust", description="instruction: HUST template, the model's chat template, or plain."
+    )
     tokenizer: str | None = Field(None, description="Zoo name or local tokenizer dir (lm-windows, chat).")
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the train split.")
     vocab_size: int = Field(8192, ge=300, description="Vocabulary size of the trained BPE.")
@@ -70,7 +87,9 @@ class GenerateConfig(StrictModel):
 
     model: str = Field("smollm2-135m-instruct", description="Zoo name, local HF directory or .gguf file.")
     prompt: list[str] = Field(default_factory=list, description="Prompts to complete.")
-    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field("auto", description="How prompts are wrapped.")
+    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field(
+        "auto", description="How prompts are wrapped."
+    )
     max_new_tokens: int = Field(128, ge=1, description="Tokens generated per sample.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
@@ -101,7 +120,10 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
         if field is None:
             break
         ann = field.annotation
-        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = next(
+            (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+            None,
+        )
         if sub is None:
             break
         cls = sub
@@ -111,10 +133,12 @@ def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
 def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M:
     """Validate `data` as `cls`; any error names the key, and unknown keys list the valid ones.
 
-    >>> parse_config(GenerateConfig, {"temprature": 0.5})
-    Traceback (most recent call last):
-    ...
-    pycodegen.errors.ConfigError: config: unknown key 'temprature'; valid keys: max_new_tokens, model, n, out, prompt, prompt_mode, seed, temperature, top_p
+    >>> try:
+    ...     parse_config(GenerateConfig, {"temprature": 0.5})
+    ... except ConfigError as exc:
+    ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
+    config: unknown key 'temprature'; valid keys: max_new_tokens, model, n, out, prompt, prompt_mode, seed,
+    temperature, top_p
     """
     try:
         return cls.model_validate(data)

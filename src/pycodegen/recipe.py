@@ -26,7 +26,9 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
     """Run the stages of a recipe; returns the names of the stages that ran (not skipped)."""
     for stage, capability in NOT_BUILT.items():
         if getattr(recipe, stage) is not None:
-            raise ConfigError(f"recipe {recipe.name!r} has a {stage!r} stage, but {capability} is not built yet")
+            raise ConfigError(
+                f"recipe {recipe.name!r} has a {stage!r} stage, but {capability} is not built yet"
+            )
     out = Path(recipe.out)
     markers = out / "stages"
     markers.mkdir(parents=True, exist_ok=True)
@@ -40,8 +42,9 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
         return force or not done, digest
 
     def finish(name: str, digest: str, settings: dict) -> None:
-        (markers / f"{name}.json").write_text(json.dumps({"sha256": digest, "settings": settings}, indent=2,
-                                                         default=str) + "\n")
+        (markers / f"{name}.json").write_text(
+            json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
+        )
         ran.append(name)
 
     if recipe.prepare is not None:

@@ -71,9 +71,17 @@ def mbpp_path() -> Path:
 
 
 def load_humaneval() -> list[EvalProblem]:
-    rows = [json.loads(line) for line in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines() if line]
+    rows = [
+        json.loads(line)
+        for line in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()
+        if line
+    ]
     return [
-        EvalProblem(r["task_id"], r["prompt"] + r["canonical_solution"], function_signatures(r["prompt"] + "    pass\n"))
+        EvalProblem(
+            r["task_id"],
+            r["prompt"] + r["canonical_solution"],
+            function_signatures(r["prompt"] + "    pass\n"),
+        )
         for r in rows
     ]
 
@@ -84,7 +92,9 @@ def load_mbpp_test() -> list[EvalProblem]:
         r = json.loads(line)
         if r["task_id"] in MBPP_TEST_IDS:
             problems.append(
-                EvalProblem(f"mbpp/{r['task_id']}", r["text"] + "\n" + r["code"], function_signatures(r["code"]))
+                EvalProblem(
+                    f"mbpp/{r['task_id']}", r["text"] + "\n" + r["code"], function_signatures(r["code"])
+                )
             )
     return problems
 
@@ -94,7 +104,10 @@ def load_eval_file(path: Path) -> list[EvalProblem]:
     from pycodegen.data.formats import read_dataset
 
     read = read_dataset(path)
-    return [EvalProblem(f"{path.name}:{r.id}", r.text + "\n" + r.code, function_signatures(r.code)) for r in read.records]
+    return [
+        EvalProblem(f"{path.name}:{r.id}", r.text + "\n" + r.code, function_signatures(r.code))
+        for r in read.records
+    ]
 
 
 class Decontaminator:
@@ -116,7 +129,8 @@ class Decontaminator:
     def check(self, text: str, signatures: set[tuple[str, tuple[str, ...]]] | None = None) -> dict | None:
         """None if clean, else what matched: reason, the evaluation task, and the evidence.
 
-        >>> d = Decontaminator([EvalProblem("t/0", "def add(a, b): return a + b", {("add", ("a", "b"))})], n=5)
+        >>> problem = EvalProblem("t/0", "def add(a, b): return a + b", {("add", ("a", "b"))})
+        >>> d = Decontaminator([problem], n=5)
         >>> d.check("x = sub(b, a)")
         >>> d.check("def add(a, b): pass", function_signatures("def add(a, b): pass"))["reason"]
         'signature'
@@ -125,7 +139,11 @@ class Decontaminator:
         """
         for sig in sorted(signatures or ()):
             if sig in self.signatures:
-                return {"reason": "signature", "matched": self.signatures[sig], "evidence": f"{sig[0]}({', '.join(sig[1])})"}
+                return {
+                    "reason": "signature",
+                    "matched": self.signatures[sig],
+                    "evidence": f"{sig[0]}({', '.join(sig[1])})",
+                }
         tokens = WORD_RE.findall(text)
         n, vocab, ngrams = self.n, self.vocab, self.ngrams
         run = 0  # consecutive tokens that occur in some evaluation n-gram: only such windows can match

@@ -52,8 +52,9 @@ class DedupResult:
     near: dict[int, int] = field(default_factory=dict)
 
 
-def deduplicate(texts: list[str], *, near: bool = True, threshold: float = 0.85, num_perm: int = 64,
-                shingle: int = 5) -> DedupResult:
+def deduplicate(
+    texts: list[str], *, near: bool = True, threshold: float = 0.85, num_perm: int = 64, shingle: int = 5
+) -> DedupResult:
     """Drop exact duplicates, then near duplicates whose estimated Jaccard similarity ≥ `threshold`.
 
     >>> r = deduplicate(["a = 1", "a  =  1", "b = 2"], near=False)
@@ -90,4 +91,3 @@ def deduplicate(texts: list[str], *, near: bool = True, threshold: float = 0.85,
         signatures[i] = m
         result.keep.append(i)
     return result
-

@@ -69,11 +69,22 @@ def _humaneval(row: dict[str, Any], rid: str) -> PairRecord:
 FORMATS: dict[str, DatasetFormat] = {
     f.name: f
     for f in (
-        DatasetFormat("humaneval", ("task_id", "prompt", "entry_point", "test"), _humaneval, "HumanEval JSONL"),
+        DatasetFormat(
+            "humaneval", ("task_id", "prompt", "entry_point", "test"), _humaneval, "HumanEval JSONL"
+        ),
         DatasetFormat("mbpp", ("text", "code", "test_list"), _mbpp, "MBPP JSONL (Austin et al. 2021)"),
-        DatasetFormat("codesearchnet", ("func_name", "docstring", "code"), _codesearchnet, "CodeSearchNet JSONL"),
-        DatasetFormat("conala", ("intent", "snippet"), _conala, "CoNaLa JSON (intent, rewritten_intent, snippet)"),
-        DatasetFormat("codealpaca", ("instruction", "output"), _codealpaca, "CodeAlpaca JSON (instruction, input, output)"),
+        DatasetFormat(
+            "codesearchnet", ("func_name", "docstring", "code"), _codesearchnet, "CodeSearchNet JSONL"
+        ),
+        DatasetFormat(
+            "conala", ("intent", "snippet"), _conala, "CoNaLa JSON (intent, rewritten_intent, snippet)"
+        ),
+        DatasetFormat(
+            "codealpaca",
+            ("instruction", "output"),
+            _codealpaca,
+            "CodeAlpaca JSON (instruction, input, output)",
+        ),
         DatasetFormat("xlcost", ("text", "code"), _xlcost, "XLCoST pairs JSONL (text, code)"),
     )
 }

@@ -58,14 +58,20 @@ def _reparse_function(source: str, like: FunctionRecord) -> FunctionRecord | Non
     if not found:
         return None
     fn = found[0]
-    fn.qualname, fn.class_name, fn.lineno, fn.end_lineno = like.qualname, like.class_name, like.lineno, like.end_lineno
+    fn.qualname, fn.class_name, fn.lineno, fn.end_lineno = (
+        like.qualname,
+        like.class_name,
+        like.lineno,
+        like.end_lineno,
+    )
     return fn
 
 
 def pair_to_function(pair: PairRecord) -> FunctionRecord | None:
     """The first function in a pair's code, its docstring taken from the pair's text if it has none.
 
-    >>> fn = pair_to_function(PairRecord("p/1", "Add two numbers.", "def add(a, b):\\n    return a + b\\n", "g", "x"))
+    >>> code = "def add(a, b):\\n    return a + b\\n"
+    >>> fn = pair_to_function(PairRecord("p/1", "Add two numbers.", code, "g", "x"))
     >>> print(fn.prompt + fn.body, end="")
     def add(a, b):
         \"\"\"Add two numbers.\"\"\"
@@ -77,7 +83,9 @@ def pair_to_function(pair: PairRecord) -> FunctionRecord | None:
         tree = ast.parse(pair.code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    found = [f for f in extract_functions(tree, pair.code.splitlines(keepends=True), pair.id, pair.group) if f.body]
+    found = [
+        f for f in extract_functions(tree, pair.code.splitlines(keepends=True), pair.id, pair.group) if f.body
+    ]
     if not found:
         return None
     fn = found[0]
@@ -138,13 +146,21 @@ class Preparer:
 
         total = sum(1 for _ in iter_source_files(root, cfg.exclude))
         with Progress(
-            TextColumn("[cyan]parsing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True,
+            TextColumn("[cyan]parsing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
         ) as progress:
             bar = progress.add_task("files", total=total)
             scan = scan_tree(
-                root, exclude=cfg.exclude, max_bytes=cfg.max_file_bytes, keep_text=keep_text,
-                group_by_repo=cfg.split_by == "repo", workers=cfg.workers,
+                root,
+                exclude=cfg.exclude,
+                max_bytes=cfg.max_file_bytes,
+                keep_text=keep_text,
+                group_by_repo=cfg.split_by == "repo",
+                workers=cfg.workers,
                 progress=lambda n: progress.advance(bar, n),
             )
         self.counts.update(scan.counts)
@@ -162,7 +178,11 @@ class Preparer:
         self.log(
             f"read {scan.counts['files_read']} files ({scan.bytes_read / 1e6:.1f} MB), "
             f"{len(scan.functions)} functions; skipped {sum(len(p) for p in scan.skipped.values())} "
-            + (f"({', '.join(f'{r}: {len(p)}' for r, p in sorted(scan.skipped.items()))})" if scan.skipped else "")
+            + (
+                f"({', '.join(f'{r}: {len(p)}' for r, p in sorted(scan.skipped.items()))})"
+                if scan.skipped
+                else ""
+            )
         )
         items: list[Item] = []
         if cfg.task == "lm-windows":
@@ -200,11 +220,16 @@ class Preparer:
             "rows": read.rows,
             "sha256": hashlib.sha256(raw).hexdigest(),
         }
-        self.manifest["bad_lines"] = {"count": len(read.bad_lines), "lines": read.bad_lines[:EXAMPLES_IN_MANIFEST]}
+        self.manifest["bad_lines"] = {
+            "count": len(read.bad_lines),
+            "lines": read.bad_lines[:EXAMPLES_IN_MANIFEST],
+        }
         self.counts["rows"] = read.rows
         self.counts["bad_lines"] = len(read.bad_lines)
-        self.log(f"read {read.rows} rows of {read.format} from {path}" + (
-            f"; skipped {len(read.bad_lines)} malformed" if read.bad_lines else ""))
+        self.log(
+            f"read {read.rows} rows of {read.format} from {path}"
+            + (f"; skipped {len(read.bad_lines)} malformed" if read.bad_lines else "")
+        )
         items: list[Item] = []
         for pair in read.records:
             sigs = function_signatures(pair.code)
@@ -218,7 +243,9 @@ class Preparer:
                 record = FileRecord(pair.id, "python", pair.code, pair.group)
                 items.append(Item(pair.id, pair.group, pair.code, "", "python", record, sigs))
             else:
-                items.append(Item(pair.id, pair.group, pair.code, pair.text, "python", pair, sigs, pair.tests))
+                items.append(
+                    Item(pair.id, pair.group, pair.code, pair.text, "python", pair, sigs, pair.tests)
+                )
         return items
 
     # -- cleaning -------------------------------------------------------------------------------------
@@ -267,16 +294,23 @@ class Preparer:
             self.manifest["dedup"] = {"enabled": False}
             return items
         result = deduplicate(
-            [it.dedup_key for it in items], near=True, threshold=cfg.near_dup_threshold,
-            num_perm=cfg.num_perm, shingle=cfg.shingle,
+            [it.dedup_key for it in items],
+            near=True,
+            threshold=cfg.near_dup_threshold,
+            num_perm=cfg.num_perm,
+            shingle=cfg.shingle,
         )
         self.manifest["dedup"] = {
             "enabled": True,
             "exact_dropped": len(result.exact),
             "near_dropped": len(result.near),
             "near_threshold": cfg.near_dup_threshold,
-            "exact_examples": [[items[d].id, items[k].id] for d, k in sorted(result.exact.items())][:EXAMPLES_IN_MANIFEST],
-            "near_examples": [[items[d].id, items[k].id] for d, k in sorted(result.near.items())][:EXAMPLES_IN_MANIFEST],
+            "exact_examples": [[items[d].id, items[k].id] for d, k in sorted(result.exact.items())][
+                :EXAMPLES_IN_MANIFEST
+            ],
+            "near_examples": [[items[d].id, items[k].id] for d, k in sorted(result.near.items())][
+                :EXAMPLES_IN_MANIFEST
+            ],
         }
         self.log(f"dedup: {len(result.exact)} exact and {len(result.near)} near duplicates dropped")
         return [items[i] for i in result.keep]
@@ -292,8 +326,13 @@ class Preparer:
         for path in cfg.decontaminate:
             extra = load_eval_file(Path(path))
             problems += extra
-            sets.append({"name": str(path), "problems": len(extra),
-                         "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()})
+            sets.append(
+                {
+                    "name": str(path),
+                    "problems": len(extra),
+                    "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+                }
+            )
         return problems, sets
 
     def decontaminate(self, items: list[Item]) -> list[Item]:
@@ -306,26 +345,43 @@ class Preparer:
                 kept.append(item)
             else:
                 dropped.append({"id": item.id, **hit})
-        self.manifest["decontamination"] = {"eval_sets": sets, "ngram": self.cfg.ngram,
-                                            "dropped_count": len(dropped), "dropped": dropped}
-        self.log(f"decontamination: {len(dropped)} records overlap {sum(s['problems'] for s in sets)} eval problems")
+        self.manifest["decontamination"] = {
+            "eval_sets": sets,
+            "ngram": self.cfg.ngram,
+            "dropped_count": len(dropped),
+            "dropped": dropped,
+        }
+        self.log(
+            f"decontamination: {len(dropped)} records overlap "
+            f"{sum(s['problems'] for s in sets)} eval problems"
+        )
         return kept
 
     # -- views ----------------------------------------------------------------------------------------
     def tokenizer(self, train_items: list[Item]) -> Any | None:
         cfg = self.cfg
-        needs = cfg.task == "lm-windows" or cfg.train_tokenizer or (cfg.task == "instruction" and cfg.template == "chat")
+        needs = (
+            cfg.task == "lm-windows"
+            or cfg.train_tokenizer
+            or (cfg.task == "instruction" and cfg.template == "chat")
+        )
         if not needs:
             return None
         if cfg.train_tokenizer or (cfg.task == "lm-windows" and cfg.tokenizer is None):
-            self.log(f"training a byte-level BPE (vocab {cfg.vocab_size}) on {len(train_items)} train records")
-            return train_bpe((f"{it.text}\n{it.code}" if it.text else it.code for it in train_items), cfg.vocab_size)
+            self.log(
+                f"training a byte-level BPE (vocab {cfg.vocab_size}) on {len(train_items)} train records"
+            )
+            return train_bpe(
+                (f"{it.text}\n{it.code}" if it.text else it.code for it in train_items), cfg.vocab_size
+            )
         from pycodegen.models.zoo import DEFAULT_MODEL, load_tokenizer
 
         tok = load_tokenizer(cfg.tokenizer or DEFAULT_MODEL)
         return with_control_tokens(tok) if cfg.task == "lm-windows" else tok
 
-    def rows(self, split_items: list[Item], tokenizer: Any | None, vocab: CharVocab | None) -> list[dict[str, Any]]:
+    def rows(
+        self, split_items: list[Item], tokenizer: Any | None, vocab: CharVocab | None
+    ) -> list[dict[str, Any]]:
         cfg = self.cfg
         if cfg.task == "docstring-to-body":
             return [docstring_row(it) for it in split_items]
@@ -334,8 +390,10 @@ class Preparer:
         if cfg.task == "char-stream":
             rows = []
             for it in split_items:
-                text = (f"{it.text}\n{it.code}" if it.text else it.code)
-                rows += [{"id": f"{it.id}#{k}", "text": c} for k, c in enumerate(char_chunks(text, cfg.seq_len))]
+                text = f"{it.text}\n{it.code}" if it.text else it.code
+                rows += [
+                    {"id": f"{it.id}#{k}", "text": c} for k, c in enumerate(char_chunks(text, cfg.seq_len))
+                ]
             return rows
         rows = []
         eos = tokenizer.eos_token_id
@@ -345,8 +403,15 @@ class Preparer:
         for it, ids in zip(split_items, encoded, strict=True):
             seq = [tokenizer.convert_tokens_to_ids(control_token(it.lang)), *ids, eos]
             for k, start in enumerate(window_starts(len(seq), cfg.window, cfg.stride)):
-                rows.append({"id": f"{it.id}#{k}", "path": it.id, "lang": it.lang, "start": start,
-                             "input_ids": seq[start : start + cfg.window]})
+                rows.append(
+                    {
+                        "id": f"{it.id}#{k}",
+                        "path": it.id,
+                        "lang": it.lang,
+                        "start": start,
+                        "input_ids": seq[start : start + cfg.window],
+                    }
+                )
             self.counts["tokens"] += len(seq)
         return rows
 
@@ -379,7 +444,9 @@ class Preparer:
         tokenizer = self.tokenizer(by_split["train"])
         vocab = None
         if cfg.task == "char-stream":
-            vocab = CharVocab.build(f"{it.text}\n{it.code}" if it.text else it.code for it in by_split["train"])
+            vocab = CharVocab.build(
+                f"{it.text}\n{it.code}" if it.text else it.code for it in by_split["train"]
+            )
             vocab.save(tmp / "vocab.json")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "tokenizer")
@@ -392,8 +459,11 @@ class Preparer:
             with path.open("w", encoding="utf-8", newline="\n") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            split_counts[split] = {"groups": len({it.group for it in split_items}), "records": len(split_items),
-                                   "rows": len(rows)}
+            split_counts[split] = {
+                "groups": len({it.group for it in split_items}),
+                "records": len(split_items),
+                "rows": len(rows),
+            }
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             files[path.relative_to(tmp).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -407,13 +477,16 @@ class Preparer:
             "files": files,
             "dataset_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)
         elapsed = time.perf_counter() - started
         self.log(
-            f"wrote {out}: " + ", ".join(f"{s} {c['rows']}" for s, c in split_counts.items())
+            f"wrote {out}: "
+            + ", ".join(f"{s} {c['rows']}" for s, c in split_counts.items())
             + f" rows in {elapsed:.1f} s"
         )
         return manifest
@@ -428,5 +501,7 @@ def read_manifest(dataset_dir: Path) -> dict[str, Any]:
     """The manifest of a prepared dataset directory."""
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{dataset_dir} is not a prepared dataset (no {MANIFEST}); run `pycodegen prepare` first")
+        raise DataError(
+            f"{dataset_dir} is not a prepared dataset (no {MANIFEST}); run `pycodegen prepare` first"
+        )
     return json.loads(path.read_text(encoding="utf-8"))

@@ -68,7 +68,9 @@ def iter_source_files(root: Path, exclude: list[str]) -> Iterator[Path]:
 
 
 def _strip_indent(line: str, indent: str) -> str:
-    return line[len(indent) :] if line.startswith(indent) else line.lstrip(" \t") if not line.strip() else line
+    return (
+        line[len(indent) :] if line.startswith(indent) else line.lstrip(" \t") if not line.strip() else line
+    )
 
 
 def extract_functions(tree: ast.Module, lines: list[str], path: str, group: str) -> list[FunctionRecord]:

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 SPLITS = ("train", "valid", "test")
 
 
-def split_groups(groups: Iterable[str], valid_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+def split_groups(
+    groups: Iterable[str], valid_fraction: float, test_fraction: float, seed: int
+) -> dict[str, str]:
     """Map each group to 'train', 'valid' or 'test'; the same groups and seed give the same map.
 
     >>> m = split_groups([f"f{i}.py" for i in range(20)], 0.1, 0.1, seed=0)

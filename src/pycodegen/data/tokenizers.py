@@ -80,7 +80,9 @@ class CharVocab:
         return "".join(self.itos[i] for i in ids if i >= len(self.SPECIALS))
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"specials": list(self.SPECIALS), "chars": self.itos[3:]}, ensure_ascii=False) + "\n")
+        path.write_text(
+            json.dumps({"specials": list(self.SPECIALS), "chars": self.itos[3:]}, ensure_ascii=False) + "\n"
+        )
 
     @classmethod
     def load(cls, path: Path) -> CharVocab:

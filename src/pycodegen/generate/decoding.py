@@ -60,8 +60,9 @@ class DecodingConfig:
     batch_size: int = 8
 
 
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: DecodingConfig,
-             stops: Sequence[str] = ()) -> list[list[str]]:
+def generate(
+    model: Any, tokenizer: Any, prompts: Sequence[str], cfg: DecodingConfig, stops: Sequence[str] = ()
+) -> list[list[str]]:
     """`cfg.n` completions (raw decoded text, cut at stops) for each fully formatted prompt, batched."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -83,10 +84,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], cfg: DecodingCo
     flat = [p for p in prompts for _ in range(cfg.n)]
     outputs: list[str] = []
     for i in range(0, len(flat), cfg.batch_size):
-        batch = tokenizer(flat[i : i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(
+            flat[i : i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         start = batch["input_ids"].shape[1]
-        kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sample,
-                                  "pad_token_id": tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
         if sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
         if stops:

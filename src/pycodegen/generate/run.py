@@ -27,8 +27,16 @@ def run_generate(cfg: GenerateConfig, console: Console, echo: bool = True) -> li
     rows = []
     for i, (prompt, samples) in enumerate(zip(cfg.prompt, completions, strict=True)):
         for j, text in enumerate(samples):
-            rows.append({"task_id": f"prompt/{i}", "sample_index": j, "prompt": prompt, "prompt_mode": mode,
-                         "completion": text, "raw": text})
+            rows.append(
+                {
+                    "task_id": f"prompt/{i}",
+                    "sample_index": j,
+                    "prompt": prompt,
+                    "prompt_mode": mode,
+                    "completion": text,
+                    "raw": text,
+                }
+            )
             if echo:
                 console.rule(f"prompt {i} · sample {j}")
                 console.print(Syntax(text, "python", word_wrap=True) if "def " in text else text)
@@ -38,6 +46,8 @@ def run_generate(cfg: GenerateConfig, console: Console, echo: bool = True) -> li
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     done = time.perf_counter()
-    console.print(f"[bold cyan]generate[/] {len(rows)} samples ({mode} prompts) in {done - loaded:.1f} s "
-                  f"(model load {loaded - started:.1f} s)" + (f" → {cfg.out}" if cfg.out else ""))
+    console.print(
+        f"[bold cyan]generate[/] {len(rows)} samples ({mode} prompts) in {done - loaded:.1f} s "
+        f"(model load {loaded - started:.1f} s)" + (f" → {cfg.out}" if cfg.out else "")
+    )
     return rows

@@ -57,10 +57,12 @@ class ResolvedModel:
 def resolve_model(ref: str) -> ResolvedModel:
     """Turn a model argument into local files, or raise a clear error. Never touches the network.
 
-    >>> resolve_model("gpt2")
-    Traceback (most recent call last):
-    ...
-    pycodegen.errors.ModelNotFoundError: model 'gpt2' is not a zoo name (valid: smollm2-135m-instruct), a local HF directory or a .gguf file; pycodegen never downloads from a hub at run time: download the model yourself and pass its directory
+    >>> try:
+    ...     resolve_model("gpt2")
+    ... except ModelNotFoundError as exc:
+    ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
+    model 'gpt2' is not a zoo name (valid: smollm2-135m-instruct), a local HF directory or a .gguf file;
+    pycodegen never downloads from a hub at run time: download the model yourself and pass its directory
     """
     if ref in ZOO:
         entry = ZOO[ref]
@@ -75,14 +77,18 @@ def resolve_model(ref: str) -> ResolvedModel:
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(ref, path.parent.resolve(), path.name)
     if path.is_dir():
-        if (path / "config.json").is_file() or (path / "tokenizer.json").is_file() or (
-            path / "tokenizer_config.json"
-        ).is_file():
+        if (
+            (path / "config.json").is_file()
+            or (path / "tokenizer.json").is_file()
+            or (path / "tokenizer_config.json").is_file()
+        ):
             return ResolvedModel(ref, path.resolve())
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ResolvedModel(ref, path.resolve(), ggufs[0].name)
-        raise ModelNotFoundError(f"{path} has no config.json or tokenizer files: not an HF-format model directory")
+        raise ModelNotFoundError(
+            f"{path} has no config.json or tokenizer files: not an HF-format model directory"
+        )
     if path.exists():
         raise ModelNotFoundError(f"{path} is neither a directory nor a .gguf file")
     raise ModelNotFoundError(
