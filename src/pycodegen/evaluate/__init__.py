@@ -1,0 +1,1 @@
+"""Evaluation: the sandboxed executor and pass@k, text metrics, benchmarks, reports."""
