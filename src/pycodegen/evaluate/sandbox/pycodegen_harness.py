@@ -20,8 +20,21 @@ import os
 import sys
 import threading
 
-PLAIN_ATOMS = (int, float, complex, bool, str, bytes, type(None))
-PLAIN_CONTAINERS = (list, tuple, set, frozenset)
+import collections
+import datetime
+import decimal
+import fractions
+
+# Return types an entry point may use, captured by identity before any program runs: every class in
+# `builtins` and the standard library's value types. A class the program defines (or a subclass of one
+# of these) is not among them, so an always-equal object cannot stand in for an answer.
+PLAIN_MAPPINGS = frozenset({dict, collections.Counter, collections.OrderedDict, collections.defaultdict})
+PLAIN_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
+PLAIN_ATOMS = frozenset(
+    {v for v in vars(builtins).values() if isinstance(v, type)}
+    | {type(None), type(Ellipsis), type(NotImplemented)}
+    | {fractions.Fraction, decimal.Decimal, datetime.date, datetime.datetime, datetime.time, datetime.timedelta}
+) - PLAIN_MAPPINGS - PLAIN_SEQUENCES
 
 
 class UntrustedReturnValue(Exception):
@@ -36,7 +49,7 @@ def run_sample(job: dict, verdict_fd: int) -> None:
     settrace, setprofile, thread_settrace = sys.settrace, sys.setprofile, threading.settrace
     builtins_dict = builtins.__dict__
     builtins_snapshot = dict(builtins_dict)
-    atoms, containers = PLAIN_ATOMS, PLAIN_CONTAINERS
+    atoms, sequences, mappings = PLAIN_ATOMS, PLAIN_SEQUENCES, PLAIN_MAPPINGS
     untrusted = UntrustedReturnValue
     base_exception, assertion_error, memory_error = BaseException, AssertionError, MemoryError
     syntax_error = SyntaxError
@@ -60,12 +73,12 @@ def run_sample(job: dict, verdict_fd: int) -> None:
             return True
         if depth > 100:
             return False
-        if kind in containers:
+        if kind in sequences:
             for item in value:  # type: ignore[attr-defined]
                 if not plain(item, depth + 1):
                     return False
             return True
-        if kind is dict:
+        if kind in mappings:
             for key in value:  # type: ignore[attr-defined]
                 if not plain(key, depth + 1) or not plain(value[key], depth + 1):  # type: ignore[index]
                     return False
