@@ -156,18 +156,43 @@ def generate(
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per sample.")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write samples as JSONL here.")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="humaneval or mbpp: every problem.")] = None,
+    problems: Annotated[Path | None, typer.Option(help="HumanEval-format JSONL of problems.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
 ) -> None:
-    """Complete prompts with a model (the embedded SmolLM2-135M-Instruct by default).
+    """Complete prompts, or every problem of a benchmark, with a model (default: the embedded one).
 
-    Each sample is printed and, with --out, written as a JSONL line (task_id, sample_index, prompt,
-    completion, raw). Benchmark generation (--benchmark) comes with the evaluation capability.
+    Free prompts are printed and, with --out, written as JSONL. With --benchmark or --problems, --out is
+    a samples file (task_id, sample_index, completion, raw) that `pycodegen evaluate` scores; an
+    interrupted run resumes with the tasks it had finished.
 
     [bold]Example[/]:
 
         pycodegen generate -p "Write a Python function that returns the factorial of n." --max-new-tokens 96
+
+    [bold]Example[/]: 20 samples per HumanEval problem, for pass@1 and pass@10:
+
+        pycodegen generate --benchmark humaneval -n 20 --temperature 0.8 --out samples.jsonl
     """
     from pycodegen.config import GenerateConfig, parse_config
     from pycodegen.generate.run import run_generate
+
+    if benchmark is not None or problems is not None:
+        from pycodegen.evaluate.benchmarks import load_problems
+        from pycodegen.evaluate.run import generate_samples
+
+        if out is None:
+            raise PycodegenError("--benchmark/--problems needs --out samples.jsonl")
+        name, problem_list, _ = load_problems(benchmark, problems)
+        flags = _given(model=model, prompt_mode=prompt_mode, n=n, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, seed=seed, out=out)
+        bench_cfg = parse_config(GenerateConfig, flags, where="generate")
+        generate_samples(bench_cfg.model, problem_list, out, prompt_mode=bench_cfg.prompt_mode, n=bench_cfg.n,
+                         temperature=bench_cfg.temperature, top_p=bench_cfg.top_p,
+                         max_new_tokens=bench_cfg.max_new_tokens, seed=bench_cfg.seed, batch_size=batch_size,
+                         benchmark=name, console=console)
+        console.print(f"[bold cyan]generate[/] samples for {len(problem_list)} {name} problems → {out}")
+        return
 
     cfg = parse_config(
         GenerateConfig,
@@ -208,6 +233,78 @@ def run(
     run_recipe(load_recipe(recipe), console, force=force)
 
 
+def evaluate(
+    samples: Annotated[Path | None, typer.Argument(help="samples.jsonl to score (or use --model).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory: verdicts, results.json, report.md.")] = Path("runs/eval"),
+    benchmark: Annotated[str | None, typer.Option(help="humaneval or mbpp (the MBPP test split).")] = None,
+    problems: Annotated[Path | None, typer.Option(help="HumanEval-format JSONL of problems.")] = None,
+    model: Annotated[str | None, typer.Option(help="Generate the samples with this model first.")] = None,
+    prompt_mode: Annotated[str, typer.Option(help="auto, raw, chat or hust (with --model).")] = "auto",
+    n: Annotated[int, typer.Option("-n", help="Samples per problem (with --model).")] = 1,
+    temperature: Annotated[float, typer.Option(help="0 = greedy (with --model).")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass (with --model).")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample (with --model).")] = 384,
+    batch_size: Annotated[int, typer.Option(help="Sequences decoded together (with --model).")] = 8,
+    workers: Annotated[int, typer.Option(help="Parallel sandboxed workers (0 = cores).")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds per sample.")] = 10.0,
+    memory_mb: Annotated[int, typer.Option(help="Memory per sample, MiB.")] = 1024,
+    examples: Annotated[bool, typer.Option(help="Also run the prompt's >>> examples (filtered pass@1).")] = True,
+    encoder: Annotated[str | None, typer.Option(help="CodeBERTScore encoder: 'minilm' or a local dir.")] = None,
+) -> None:
+    """Score samples by running them (pass@k) and by text metrics; write results.json and report.md.
+
+    Every sample runs in its own sandboxed process; verdicts go to OUT/verdicts.jsonl as they are decided,
+    so an interrupted evaluation resumes where it stopped.
+
+    [bold]Example[/]: score a samples file:
+
+        pycodegen evaluate samples.jsonl --benchmark humaneval --out runs/eval/smollm2
+
+    [bold]Example[/]: generate and score in one go:
+
+        pycodegen evaluate --model smollm2-135m-instruct --benchmark humaneval --out runs/eval/smollm2
+    """
+    from pycodegen.evaluate.benchmarks import load_problems
+    from pycodegen.evaluate.run import EvalSettings, generate_samples
+    from pycodegen.evaluate.run import evaluate as run_evaluate
+
+    if (samples is None) == (model is None):
+        raise PycodegenError("give a samples file or --model (not both)")
+    settings = EvalSettings(out=out, benchmark=benchmark, problems=problems, workers=workers, timeout=timeout,
+                            memory_bytes=memory_mb << 20, examples=examples, encoder=encoder)
+    meta = None
+    if model is not None:
+        name, problem_list, _ = load_problems(benchmark, problems)
+        samples = out / "samples.jsonl"
+        meta = generate_samples(model, problem_list, samples, prompt_mode=prompt_mode, n=n, temperature=temperature,
+                                top_p=top_p, max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size,
+                                benchmark=name, console=console)
+    assert samples is not None
+    run_evaluate(samples, settings, console, meta)
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Evaluation run directories (or results.json files).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the comparison here.")] = None,
+    allow_mismatch: Annotated[bool, typer.Option(help="Compare runs whose prompt mode or decoding differ.")] = False,
+) -> None:
+    """Put several evaluation runs side by side.
+
+    Runs whose run cards differ in benchmark, prompt mode or decoding are refused, or with
+    --allow-mismatch compared under a warning.
+
+    [bold]Example[/]:
+
+        pycodegen report runs/eval/smollm2 runs/eval/finetuned --out comparison.md
+    """
+    from pycodegen.evaluate.run import compare
+
+    table = compare(runs, allow_mismatch)
+    print(table, end="")
+    if out is not None:
+        out.write_text(table)
+
+
 def _not_built(verb: str, capability: str, example: str) -> Callable[..., None]:
     def command(ctx: typer.Context) -> None:
         raise PycodegenError(f"`pycodegen {verb}` is not built yet: {capability}")
@@ -223,20 +320,10 @@ train = _not_built(
     "model training (the accelerate-based trainer, LoRA/QLoRA) is its own capability",
     "pycodegen train --family hf-causal --data runs/data/stdlib --out runs/train --max-steps 200",
 )
-evaluate = _not_built(
-    "evaluate",
-    "evaluation (the pass@k executor and the text metrics) is its own capability",
-    "pycodegen evaluate samples.jsonl --benchmark humaneval --out runs/eval",
-)
 serve = _not_built(
     "serve",
     "serving (the OpenAI-compatible HTTP server and playground) is its own capability",
     "pycodegen serve --model smollm2-135m-instruct --port 8000",
-)
-report = _not_built(
-    "report",
-    "side-by-side reports of evaluation runs come with the evaluation capability",
-    "pycodegen report runs/eval-a runs/eval-b",
 )
 
 # The single verb table: name → function.
@@ -251,7 +338,7 @@ VERBS: dict[str, Callable[..., Any]] = {
 }
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 for _name, _func in VERBS.items():
-    _ctx = _PASSTHROUGH if _func in (train, evaluate, serve, report) else None
+    _ctx = _PASSTHROUGH if _func in (train, serve) else None
     app.command(_name, context_settings=_ctx)(user_errors(_func))
 
 

@@ -32,6 +32,8 @@ from pycodegen.errors import PycodegenError
 SANDBOX_DIR = Path(__file__).resolve().parent / "sandbox"
 OUTCOMES = ("passed", "failed", "error", "syntax error", "timeout", "out of memory", "killed")
 GRACE_SECONDS = 2.0
+# The fork servers (and so the samples, even through /proc/1/environ) see none of the caller's variables.
+SERVER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 DETAIL_OUTPUT = 2000
 
 
@@ -149,7 +151,8 @@ class Worker:
         # Join the cgroups before unshare forks, so the fork server and every sample inherit them.
         join = "".join(f'echo $$ > "{cg}/cgroup.procs"; ' for cg in self.cgroups)
         self.proc = subprocess.Popen(["sh", "-c", join + 'exec "$@"', "sh", *server], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     env=SERVER_ENV)
         self.buffer = b""
         hello = self._read_line(30.0)
         if hello is None or not json.loads(hello).get("ready"):

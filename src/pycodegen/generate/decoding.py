@@ -13,6 +13,7 @@ from typing import Any
 
 from pycodegen.data.tasks import hust_prompt
 from pycodegen.errors import ConfigError
+from pycodegen.evaluate.postprocess import truncate
 
 PROMPT_MODES = ("auto", "raw", "chat", "hust")
 
@@ -36,16 +37,6 @@ def format_prompt(tokenizer: Any, text: str, mode: str) -> str:
     if mode == "hust":
         return hust_prompt(text)
     return text
-
-
-def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
-    """Cut `text` at the earliest stop sequence.
-
-    >>> truncate_at_stops("return 1\\ndef g():", ["\\ndef ", "\\nclass "])
-    'return 1'
-    """
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 @dataclass
@@ -100,5 +91,5 @@ def generate(
         with torch.no_grad():
             out = model.generate(**batch, **kwargs)
         texts = tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
-        outputs += [truncate_at_stops(t, stops) for t in texts]
+        outputs += [truncate(t, list(stops)) for t in texts]
     return [outputs[j * cfg.n : (j + 1) * cfg.n] for j in range(len(prompts))]

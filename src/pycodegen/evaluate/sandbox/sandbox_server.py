@@ -77,7 +77,7 @@ def setup_namespace(cfg: dict) -> dict:
     if not cfg.get("mount_ns"):
         return info
     mount("none", "/", None, MS_REC | MS_PRIVATE)
-    for target in ("/tmp", "/var/tmp", "/dev/shm"):
+    for target in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):  # every world-writable directory
         if os.path.isdir(target):
             mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_bytes']},mode=1777")
     if cfg.get("uid") is not None:

@@ -1,0 +1,200 @@
+"""Metrics, each a plain function `(predictions, references, **options) -> dict` (or a number) with a
+doctest. Scores on a 0-100 scale where the literature reports them so (BLEU), else 0-1."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on
+    Code", Codex paper, Figure 3): 1 - C(n-c, k) / C(n, k), computed as a stable product.
+
+    >>> pass_at_k(10, 0, 1), pass_at_k(10, 10, 5), round(pass_at_k(10, 3, 1), 4), round(pass_at_k(20, 2, 10), 4)
+    (0.0, 1.0, 0.3, 0.7632)
+    """
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def pass_at_k_table(counts: dict[str, tuple[int, int]], ks: Sequence[int] = (1, 10, 100)) -> dict[str, float]:
+    """Mean pass@k over tasks from {task_id: (n, correct)}, for each k that every task's n allows.
+
+    >>> pass_at_k_table({"a": (2, 1), "b": (2, 0)})
+    {'pass@1': 0.25}
+    """
+    if not counts:
+        return {}
+    n_min = min(n for n, _ in counts.values())
+    return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in ks if k <= n_min}
+
+
+def filtered_pass_at_1(samples: dict[str, list[tuple[bool | None, bool]]]) -> dict[str, float]:
+    """Example-filtered pass@1 (the AlphaCode filtering step): per task, keep the samples that pass the
+    `>>>` examples shown in the prompt (None: the task has no usable examples, so all are kept), and score
+    the first kept one on the hidden tests; a task with nothing kept scores 0.
+
+    `samples[task]` is [(passes_examples, passes_tests)] in sample order.
+
+    >>> filtered_pass_at_1({"a": [(False, False), (True, True)], "b": [(False, True)], "c": [(None, True)]})
+    {'filtered_pass@1': 0.6666666666666666, 'tasks_with_examples': 2}
+    """
+    scores, with_examples = [], 0
+    for results in samples.values():
+        if any(e is not None for e, _ in results):
+            with_examples += 1
+        kept = [t for e, t in results if e is None or e]
+        scores.append(float(kept[0]) if kept else 0.0)
+    return {"filtered_pass@1": float(np.mean(scores)) if scores else 0.0, "tasks_with_examples": with_examples}
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu, 13a tokenisation), 0-100.
+
+    >>> bleu(["return a + b"], ["return a + b"])["bleu"]
+    100.0
+    """
+    import sacrebleu
+
+    return {"bleu": round(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score, 4)}
+
+
+def sentence_bleu4(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean smoothed sentence BLEU-4 as CodeXGLUE reports it (add-one smoothing of n>1 precisions,
+    Lin and Och 2004; sacrebleu's `add-k` with k=1), 0-100.
+
+    Every n-gram of the prediction matches (precisions 1) and it is 8 tokens against 10, so the score
+    is the brevity penalty exp(1 - 10/8) = 0.7788:
+
+    >>> round(sentence_bleu4(["def f(a): return a"], ["def f(a): return a + 1"])["sentence_bleu4"], 2)
+    77.88
+    """
+    import sacrebleu
+
+    scores = [sacrebleu.sentence_bleu(p, [r], smooth_method="add-k", smooth_value=1).score
+              for p, r in zip(predictions, references, strict=True)]
+    return {"sentence_bleu4": round(float(np.mean(scores)), 4) if scores else 0.0}
+
+
+def codebleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """CodeBLEU (Ren et al. 2020) with the Python grammar, via the `codebleu` package; 0-1.
+
+    >>> round(codebleu(["def f(a):\\n    return a + 1\\n"], ["def f(a):\\n    return a + 1\\n"])["codebleu"], 4)
+    1.0
+    """
+    from codebleu import calc_codebleu
+
+    result = calc_codebleu(list(references), list(predictions), lang="python")
+    return {k: round(float(v), 4) for k, v in result.items()}
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Share of predictions equal to their reference after stripping surrounding whitespace.
+
+    >>> exact_match(["x = 1\\n", "y"], ["x = 1", "z"])
+    {'exact_match': 0.5}
+    """
+    hits = [p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)]
+    return {"exact_match": float(np.mean(hits)) if hits else 0.0}
+
+
+def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean 1 - normalised Levenshtein distance (rapidfuzz), 0-1.
+
+    >>> edit_similarity(["kitten"], ["sitting"])
+    {'edit_similarity': 0.5714}
+    """
+    from rapidfuzz.distance import Levenshtein
+
+    sims = [Levenshtein.normalized_similarity(p, r) for p, r in zip(predictions, references, strict=True)]
+    return {"edit_similarity": round(float(np.mean(sims)), 4) if sims else 0.0}
+
+
+def greedy_match_scores(similarity: np.ndarray) -> dict[str, float]:
+    """BERTScore's greedy matching (Zhang et al. 2020) on a (candidate tokens × reference tokens)
+    cosine-similarity matrix: precision, recall, F1 and F3 (recall weighted 3x, as CodeBERTScore reports).
+
+    >>> s = greedy_match_scores(np.array([[1.0, 0.0], [0.0, 0.5]]))
+    >>> s["precision"], s["recall"], round(s["f1"], 4)
+    (0.75, 0.75, 0.75)
+    """
+    precision = float(similarity.max(axis=1).mean())
+    recall = float(similarity.max(axis=0).mean())
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    f3 = 10 * precision * recall / (9 * precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "f3": f3}
+
+
+def codebertscore(predictions: Sequence[str], references: Sequence[str], encoder: str | Path,
+                  max_length: int = 512) -> dict[str, Any]:
+    """CodeBERTScore P/R/F1/F3 with a local encoder directory (never a hub download).
+
+    Written here rather than through `bert-score`, which resolves encoders by hub name and needs
+    per-model baseline files; the matching is the same greedy cosine matching, without idf weighting.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = Path(encoder)
+    if not encoder.is_dir():
+        raise FileNotFoundError(f"encoder directory {encoder} does not exist")
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    model = AutoModel.from_pretrained(encoder).eval()
+
+    def embed(text: str) -> torch.Tensor:
+        batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length,
+                          return_special_tokens_mask=True)
+        special = batch.pop("special_tokens_mask")[0].bool()
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state[0]  # (T, C)
+        hidden = hidden[~special]
+        return torch.nn.functional.normalize(hidden, dim=-1)
+
+    totals = {"precision": [], "recall": [], "f1": [], "f3": []}
+    for p, r in zip(predictions, references, strict=True):
+        cand, ref = embed(p), embed(r)
+        if len(cand) == 0 or len(ref) == 0:
+            scores = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "f3": 0.0}
+        else:
+            scores = greedy_match_scores((cand @ ref.T).numpy())
+        for k, v in scores.items():
+            totals[k].append(v)
+    out: dict[str, Any] = {f"codebertscore_{k}": round(float(np.mean(v)), 4) for k, v in totals.items()}
+    out["codebertscore_encoder"] = str(encoder)
+    return out
+
+
+def perplexity(total_nll: float, n_tokens: int) -> float:
+    """exp(mean negative log-likelihood per token).
+
+    >>> round(perplexity(2 * math.log(4), 2), 6)
+    4.0
+    """
+    return math.exp(total_nll / n_tokens) if n_tokens else float("nan")
+
+
+def mean_reciprocal_rank(similarity: np.ndarray, distractors: int = 999) -> float:
+    """MRR for code search as CodeSearchNet/CodeBERT report it: queries and their codes are cut into
+    chunks of `distractors + 1`; within a chunk, a query's rank is that of its own code among all of
+    the chunk's codes. `similarity[i, j]` scores query i against code j (the diagonal is the match).
+
+    >>> mean_reciprocal_rank(np.array([[0.9, 0.1], [0.8, 0.2]]), distractors=1)
+    0.75
+    """
+    n = similarity.shape[0]
+    size = distractors + 1
+    reciprocal = []
+    for start in range(0, n, size):
+        block = similarity[start : start + size, start : start + size]
+        correct = np.diag(block)[:, None]
+        ranks = (block > correct).sum(axis=1) + 1
+        reciprocal.extend(1.0 / ranks)
+    return float(np.mean(reciprocal)) if reciprocal else 0.0
