@@ -108,6 +108,18 @@ def detect_isolation() -> dict[str, Any]:
     return info
 
 
+def remove_stale_cgroups() -> None:
+    """Remove the (empty) cgroups of pycodegen runs that were killed before they could clean up."""
+    for controller in ("memory", "pids"):
+        for path in Path("/sys/fs/cgroup", controller).glob("pycodegen-*-*"):
+            owner = path.name.split("-")[1]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass  # still has processes: a sample of that run is finishing
+
+
 class Worker:
     """One fork server and the thread-side protocol to talk to it."""
 
@@ -283,6 +295,8 @@ class Executor:
         self._pool: list[Worker] = []
 
     def __enter__(self) -> Executor:
+        if self.isolation.get("cgroup"):
+            remove_stale_cgroups()
         self._pool = [Worker(i, self.isolation, self.limits) for i in range(self.workers)]
         threads = [threading.Thread(target=w.start) for w in self._pool]
         for t in threads:
