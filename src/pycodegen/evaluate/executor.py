@@ -93,18 +93,34 @@ def detect_isolation() -> dict[str, Any]:
     root = os.geteuid() == 0
     info: dict[str, Any] = {"user": "root" if root else "unprivileged"}
     if root and _unshare_works([]):
-        info.update(namespaces=["pid", "net", "mount", "ipc", "uts"], network="network namespace (no interfaces)",
-                    unshare=[], sample_uid=True)
+        info.update(
+            namespaces=["pid", "net", "mount", "ipc", "uts"],
+            network="network namespace (no interfaces)",
+            unshare=[],
+            sample_uid=True,
+        )
     elif _unshare_works(["--map-root-user"]):
-        info.update(namespaces=["user", "pid", "net", "mount", "ipc", "uts"],
-                    network="network namespace (no interfaces)", unshare=["--map-root-user"], sample_uid=False,
-                    warning="no separate uid: files your user can write are writable by samples")
+        info.update(
+            namespaces=["user", "pid", "net", "mount", "ipc", "uts"],
+            network="network namespace (no interfaces)",
+            unshare=["--map-root-user"],
+            sample_uid=False,
+            warning="no separate uid: files your user can write are writable by samples",
+        )
     else:
-        info.update(namespaces=[], network="sockets disabled in the sample process", unshare=None, sample_uid=False,
-                    warning="no namespaces: process isolation by process group only")
+        info.update(
+            namespaces=[],
+            network="sockets disabled in the sample process",
+            unshare=None,
+            sample_uid=False,
+            warning="no namespaces: process isolation by process group only",
+        )
     cg = Path("/sys/fs/cgroup")
-    info["cgroup"] = "v1 memory+pids" if root and os.access(cg / "memory", os.W_OK) and os.access(
-        cg / "pids", os.W_OK) else None
+    info["cgroup"] = (
+        "v1 memory+pids"
+        if root and os.access(cg / "memory", os.W_OK) and os.access(cg / "pids", os.W_OK)
+        else None
+    )
     return info
 
 
@@ -158,13 +174,29 @@ class Worker:
         }
         server = [sys.executable, "-I", str(SANDBOX_DIR / "sandbox_server.py"), json.dumps(cfg)]
         if self.isolation["unshare"] is not None:
-            server = ["unshare", *self.isolation["unshare"], "--pid", "--net", "--mount", "--ipc", "--uts",
-                      "--fork", "--kill-child", "--mount-proc", *server]
+            server = [
+                "unshare",
+                *self.isolation["unshare"],
+                "--pid",
+                "--net",
+                "--mount",
+                "--ipc",
+                "--uts",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                *server,
+            ]
         # Join the cgroups before unshare forks, so the fork server and every sample inherit them.
         join = "".join(f'echo $$ > "{cg}/cgroup.procs"; ' for cg in self.cgroups)
-        self.proc = subprocess.Popen(["sh", "-c", join + 'exec "$@"', "sh", *server], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-                                     env=SERVER_ENV)
+        self.proc = subprocess.Popen(
+            ["sh", "-c", join + 'exec "$@"', "sh", *server],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=SERVER_ENV,
+        )
         self.buffer = b""
         hello = self._read_line(30.0)
         if hello is None or not json.loads(hello).get("ready"):
@@ -213,9 +245,15 @@ class Worker:
         assert self.proc is not None and self.proc.stdin is not None
         nonce = secrets.token_hex(16)
         request = {
-            "id": f"{job.task_id}#{job.sample_index}", "nonce": nonce, "timeout": timeout,
-            "program": job.program, "test": job.test, "entry_point": job.entry_point, "check": job.check,
-            "entry_points": job.entry_points, "rlimits": self._rlimits(timeout),
+            "id": f"{job.task_id}#{job.sample_index}",
+            "nonce": nonce,
+            "timeout": timeout,
+            "program": job.program,
+            "test": job.test,
+            "entry_point": job.entry_point,
+            "check": job.check,
+            "entry_points": job.entry_points,
+            "rlimits": self._rlimits(timeout),
         }
         started = time.monotonic()
         try:
@@ -227,9 +265,16 @@ class Worker:
         if line is None:
             overran = time.monotonic() - started >= timeout
             self.stop()  # the whole namespace goes with it; a fresh server starts on the next job
-            return Verdict(job.task_id, job.sample_index, "timeout" if overran else "killed", False,
-                           "the sandbox did not answer in time and was restarted" if overran else
-                           "the sandbox died during the sample and was restarted", time.monotonic() - started)
+            return Verdict(
+                job.task_id,
+                job.sample_index,
+                "timeout" if overran else "killed",
+                False,
+                "the sandbox did not answer in time and was restarted"
+                if overran
+                else "the sandbox died during the sample and was restarted",
+                time.monotonic() - started,
+            )
         return classify(job, json.loads(line), nonce)
 
     def _rlimits(self, timeout: float) -> dict[str, int]:
@@ -249,9 +294,16 @@ def classify(job: Job, result: dict[str, Any], nonce: str) -> Verdict:
     """Turn the fork server's report into a verdict. Only a message with this sample's nonce counts."""
 
     def verdict(outcome: str, detail: str) -> Verdict:
-        return Verdict(job.task_id, job.sample_index, outcome, outcome == "passed", detail,
-                       result.get("elapsed", 0.0), result.get("stdout", "")[:DETAIL_OUTPUT],
-                       result.get("stderr", "")[-DETAIL_OUTPUT:])
+        return Verdict(
+            job.task_id,
+            job.sample_index,
+            outcome,
+            outcome == "passed",
+            detail,
+            result.get("elapsed", 0.0),
+            result.get("stdout", "")[:DETAIL_OUTPUT],
+            result.get("stderr", "")[-DETAIL_OUTPUT:],
+        )
 
     if "harness_error" in result:
         return verdict("error", f"sandbox: {result['harness_error']}")
@@ -319,8 +371,12 @@ class Executor:
 
     def describe(self) -> dict[str, Any]:
         """The executor's limits and isolation, for the run card."""
-        return {"workers": self.workers, "timeout_s": self.timeout, "limits": asdict(self.limits),
-                "isolation": self.isolation}
+        return {
+            "workers": self.workers,
+            "timeout_s": self.timeout,
+            "limits": asdict(self.limits),
+            "isolation": self.isolation,
+        }
 
     def map(self, jobs: Iterable[Job]) -> Iterator[Verdict]:
         """Run jobs on the pool; yields each verdict as soon as it is decided."""
@@ -337,7 +393,7 @@ class Executor:
             while (job := todo.get()) is not None:
                 try:
                     done.put(worker.run(job, self.timeout))
-                except BaseException as exc:  # noqa: BLE001 - surfaced in the caller's thread
+                except BaseException as exc:
                     done.put(exc)
 
         threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in self._pool]

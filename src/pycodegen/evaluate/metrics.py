@@ -15,8 +15,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k estimator of Chen et al. 2021 ("Evaluating Large Language Models Trained on
     Code", Codex paper, Figure 3): 1 - C(n-c, k) / C(n, k), computed as a stable product.
 
-    >>> pass_at_k(10, 0, 1), pass_at_k(10, 10, 5), round(pass_at_k(10, 3, 1), 4), round(pass_at_k(20, 2, 10), 4)
-    (0.0, 1.0, 0.3, 0.7632)
+    >>> pass_at_k(10, 0, 1), pass_at_k(10, 10, 5), round(pass_at_k(10, 3, 1), 4)
+    (0.0, 1.0, 0.3)
+    >>> round(pass_at_k(20, 2, 10), 4)
+    0.7632
     """
     if k > n:
         raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
@@ -34,7 +36,11 @@ def pass_at_k_table(counts: dict[str, tuple[int, int]], ks: Sequence[int] = (1, 
     if not counts:
         return {}
     n_min = min(n for n, _ in counts.values())
-    return {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in ks if k <= n_min}
+    return {
+        f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()]))
+        for k in ks
+        if k <= n_min
+    }
 
 
 def filtered_pass_at_1(samples: dict[str, list[tuple[bool | None, bool]]]) -> dict[str, float]:
@@ -53,7 +59,10 @@ def filtered_pass_at_1(samples: dict[str, list[tuple[bool | None, bool]]]) -> di
             with_examples += 1
         kept = [t for e, t in results if e is None or e]
         scores.append(float(kept[0]) if kept else 0.0)
-    return {"filtered_pass@1": float(np.mean(scores)) if scores else 0.0, "tasks_with_examples": with_examples}
+    return {
+        "filtered_pass@1": float(np.mean(scores)) if scores else 0.0,
+        "tasks_with_examples": with_examples,
+    }
 
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
@@ -79,15 +88,18 @@ def sentence_bleu4(predictions: Sequence[str], references: Sequence[str]) -> dic
     """
     import sacrebleu
 
-    scores = [sacrebleu.sentence_bleu(p, [r], smooth_method="add-k", smooth_value=1).score
-              for p, r in zip(predictions, references, strict=True)]
+    scores = [
+        sacrebleu.sentence_bleu(p, [r], smooth_method="add-k", smooth_value=1).score
+        for p, r in zip(predictions, references, strict=True)
+    ]
     return {"sentence_bleu4": round(float(np.mean(scores)), 4) if scores else 0.0}
 
 
 def codebleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """CodeBLEU (Ren et al. 2020) with the Python grammar, via the `codebleu` package; 0-1.
 
-    >>> round(codebleu(["def f(a):\\n    return a + 1\\n"], ["def f(a):\\n    return a + 1\\n"])["codebleu"], 4)
+    >>> code = "def f(a):\\n    return a + 1\\n"
+    >>> round(codebleu([code], [code])["codebleu"], 4)
     1.0
     """
     from codebleu import calc_codebleu
@@ -133,8 +145,9 @@ def greedy_match_scores(similarity: np.ndarray) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1, "f3": f3}
 
 
-def codebertscore(predictions: Sequence[str], references: Sequence[str], encoder: str | Path,
-                  max_length: int = 512) -> dict[str, Any]:
+def codebertscore(
+    predictions: Sequence[str], references: Sequence[str], encoder: str | Path, max_length: int = 512
+) -> dict[str, Any]:
     """CodeBERTScore P/R/F1/F3 with a local encoder directory (never a hub download).
 
     Written here rather than through `bert-score`, which resolves encoders by hub name and needs
@@ -150,8 +163,9 @@ def codebertscore(predictions: Sequence[str], references: Sequence[str], encoder
     model = AutoModel.from_pretrained(encoder).eval()
 
     def embed(text: str) -> torch.Tensor:
-        batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length,
-                          return_special_tokens_mask=True)
+        batch = tokenizer(
+            text, return_tensors="pt", truncation=True, max_length=max_length, return_special_tokens_mask=True
+        )
         special = batch.pop("special_tokens_mask")[0].bool()
         with torch.no_grad():
             hidden = model(**batch).last_hidden_state[0]  # (T, C)

@@ -46,8 +46,15 @@ class EvalSettings:
 
 
 def progress(console: Console, label: str) -> Progress:
-    return Progress(TextColumn(f"[cyan]{label}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[status]}"), console=console, transient=True)
+    return Progress(
+        TextColumn(f"[cyan]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=True,
+    )
 
 
 # -- samples ----------------------------------------------------------------------------------------------
@@ -80,9 +87,21 @@ def read_samples(path: Path, problems: dict[str, Problem]) -> list[dict[str, Any
     return samples
 
 
-def generate_samples(model_ref: str, problems: list[Problem], out: Path, *, prompt_mode: str, n: int,
-                     temperature: float, top_p: float, max_new_tokens: int, seed: int, batch_size: int,
-                     benchmark: str, console: Console) -> dict[str, Any]:
+def generate_samples(
+    model_ref: str,
+    problems: list[Problem],
+    out: Path,
+    *,
+    prompt_mode: str,
+    n: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+    benchmark: str,
+    console: Console,
+) -> dict[str, Any]:
     """Generate `n` samples per problem into `out` (resumable: finished tasks are kept); returns the meta."""
     from pycodegen.data.tasks import hust_prompt
     from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
@@ -91,15 +110,27 @@ def generate_samples(model_ref: str, problems: list[Problem], out: Path, *, prom
     model, tokenizer = load_causal_lm(model_ref)
     mode = resolve_prompt_mode(tokenizer, prompt_mode)
     style_stops = HUMANEVAL_STOPS if mode == "raw" and all(p.style == "humaneval" for p in problems) else []
-    meta = {"model": model_ref, "prompt_mode": mode, "benchmark": benchmark, "stop_sequences": style_stops,
-            "decoding": {"n": n, "temperature": temperature, "top_p": top_p if temperature > 0 else 1.0,
-                         "max_new_tokens": max_new_tokens, "seed": seed,
-                         "strategy": "sampling" if temperature > 0 else "greedy"}}
+    meta = {
+        "model": model_ref,
+        "prompt_mode": mode,
+        "benchmark": benchmark,
+        "stop_sequences": style_stops,
+        "decoding": {
+            "n": n,
+            "temperature": temperature,
+            "top_p": top_p if temperature > 0 else 1.0,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "strategy": "sampling" if temperature > 0 else "greedy",
+        },
+    }
     meta_path = out.with_name(out.name + ".meta.json")
     done: set[str] = set()
     if out.is_file() and meta_path.is_file():
         if json.loads(meta_path.read_text()) != meta:
-            raise PycodegenError(f"{out} was generated with other settings ({meta_path}); choose another --out")
+            raise PycodegenError(
+                f"{out} was generated with other settings ({meta_path}); choose another --out"
+            )
         counts = Counter(r["task_id"] for r in read_jsonl(out))
         done = {t for t, c in counts.items() if c >= n}
         # Drop any partial task so it is regenerated whole.
@@ -125,8 +156,13 @@ def generate_samples(model_ref: str, problems: list[Problem], out: Path, *, prom
             for p, samples in zip(chunk, texts, strict=True):
                 for j, raw in enumerate(samples):
                     completion = postprocess(raw, mode=mode, entry_point=p.entry_point, style=p.style)
-                    fh.write(json.dumps({"task_id": p.task_id, "sample_index": j, "completion": completion,
-                                         "raw": raw}, ensure_ascii=False) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {"task_id": p.task_id, "sample_index": j, "completion": completion, "raw": raw},
+                            ensure_ascii=False,
+                        )
+                        + "\n"
+                    )
                 fh.flush()
             bar.advance(task, len(chunk))
     return meta
@@ -179,8 +215,11 @@ class VerdictLog:
 def execute(jobs: list[Job], log: VerdictLog, executor: Executor, console: Console, label: str) -> None:
     todo = [j for j in jobs if (j.task_id, j.sample_index) not in log]
     if log.recovered:
-        console.print(f"[bold cyan]evaluate[/] resuming {label}: {log.recovered} verdicts kept"
-                      + (f", {log.dropped} torn line(s) dropped" if log.dropped else "") + f", {len(todo)} to run")
+        console.print(
+            f"[bold cyan]evaluate[/] resuming {label}: {log.recovered} verdicts kept"
+            + (f", {log.dropped} torn line(s) dropped" if log.dropped else "")
+            + f", {len(todo)} to run"
+        )
     outcomes: Counter[str] = Counter()
     with progress(console, label) as bar:
         task = bar.add_task(label, total=len(jobs), completed=len(jobs) - len(todo), status="")
@@ -191,8 +230,13 @@ def execute(jobs: list[Job], log: VerdictLog, executor: Executor, console: Conso
 
 
 # -- metrics and report -----------------------------------------------------------------------------------
-def compute_metrics(problems: dict[str, Problem], samples: list[dict[str, Any]], verdicts: dict, examples: dict,
-                    encoder: str | None) -> dict[str, Any]:
+def compute_metrics(
+    problems: dict[str, Problem],
+    samples: list[dict[str, Any]],
+    verdicts: dict,
+    examples: dict,
+    encoder: str | None,
+) -> dict[str, Any]:
     by_task: dict[str, list[dict[str, Any]]] = {}
     for s in sorted(samples, key=lambda s: (s["task_id"], s["sample_index"])):
         by_task.setdefault(s["task_id"], []).append(s)
@@ -202,7 +246,12 @@ def compute_metrics(problems: dict[str, Problem], samples: list[dict[str, Any]],
         passed = [bool(verdicts[(task_id, r["sample_index"])]["passed"]) for r in rows]
         counts[task_id] = (len(rows), sum(passed))
         filtered[task_id] = [
-            (examples[(task_id, r["sample_index"])]["passed"] if (task_id, r["sample_index"]) in examples else None, p)
+            (
+                examples[(task_id, r["sample_index"])]["passed"]
+                if (task_id, r["sample_index"]) in examples
+                else None,
+                p,
+            )
             for r, p in zip(rows, passed, strict=True)
         ]
     result: dict[str, Any] = {"tasks": len(by_task), "samples": len(samples)}
@@ -211,13 +260,21 @@ def compute_metrics(problems: dict[str, Problem], samples: list[dict[str, Any]],
         result.update(metrics.filtered_pass_at_1(filtered))
     result["outcomes"] = {o: 0 for o in OUTCOMES} | dict(Counter(v["outcome"] for v in verdicts.values()))
     # Text metrics: the first sample of each task (the greedy answer when n = 1) against the reference.
-    pairs = [(program_for(problems[t], rows[0]["completion"]), problems[t].reference)
-             for t, rows in by_task.items() if problems[t].reference]
+    pairs = [
+        (program_for(problems[t], rows[0]["completion"]), problems[t].reference)
+        for t, rows in by_task.items()
+        if problems[t].reference
+    ]
     if pairs:
         preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
         text: dict[str, Any] = {}
-        for fn in (metrics.bleu, metrics.sentence_bleu4, metrics.codebleu, metrics.exact_match,
-                   metrics.edit_similarity):
+        for fn in (
+            metrics.bleu,
+            metrics.sentence_bleu4,
+            metrics.codebleu,
+            metrics.exact_match,
+            metrics.edit_similarity,
+        ):
             text.update(fn(preds, refs))
         if encoder:
             text.update(metrics.codebertscore(preds, refs, resolve_encoder(encoder)))
@@ -261,39 +318,63 @@ def render_report(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {m[key]:.4f} |")
     for key, value in m.get("text_metrics", {}).items():
         lines.append(f"| {key} | {value if isinstance(value, str) else round(value, 4)} |")
-    lines += ["", f"{m['tasks']} tasks, {m['samples']} samples"
-              + (f"; example-filtered pass@1 uses the `>>>` examples of {m['tasks_with_examples']} tasks"
-                 if "tasks_with_examples" in m else ""), "", "## Outcomes", "", "| outcome | samples |", "|---|---|"]
+    lines += [
+        "",
+        f"{m['tasks']} tasks, {m['samples']} samples"
+        + (
+            f"; example-filtered pass@1 uses the `>>>` examples of {m['tasks_with_examples']} tasks"
+            if "tasks_with_examples" in m
+            else ""
+        ),
+        "",
+        "## Outcomes",
+        "",
+        "| outcome | samples |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in m["outcomes"].items()]
     lines += ["", "## Run card", "", "```json", json.dumps(card, indent=2), "```", ""]
     return "\n".join(lines)
 
 
-def evaluate(samples_path: Path, settings: EvalSettings, console: Console,
-             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    samples_path: Path, settings: EvalSettings, console: Console, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Score a samples file: execute every sample, compute every metric, write results.json and report.md."""
     name, problem_list, dataset_sha = load_problems(settings.benchmark, settings.problems)
     problems = {p.task_id: p for p in problem_list}
     samples = read_samples(samples_path, problems)
     if meta is None:
         meta_path = samples_path.with_name(samples_path.name + ".meta.json")
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {
-            "model": "unknown (samples without samples.meta.json)", "prompt_mode": "unknown", "decoding": {},
-            "stop_sequences": []}
+        meta = (
+            json.loads(meta_path.read_text())
+            if meta_path.is_file()
+            else {
+                "model": "unknown (samples without samples.meta.json)",
+                "prompt_mode": "unknown",
+                "decoding": {},
+                "stop_sequences": [],
+            }
+        )
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     jobs = [job_for(problems[s["task_id"]], s["completion"], s["sample_index"]) for s in samples]
-    example_jobs = [j for s in samples if (j := example_job_for(problems[s["task_id"]], s["completion"],
-                                                                  s["sample_index"])) is not None]
+    example_jobs = [
+        j
+        for s in samples
+        if (j := example_job_for(problems[s["task_id"]], s["completion"], s["sample_index"])) is not None
+    ]
     started = time.perf_counter()
     verdict_log = VerdictLog(out / "verdicts.jsonl")
     example_log = VerdictLog(out / "example_verdicts.jsonl")
     limits = Limits(memory_bytes=settings.memory_bytes)
     try:
         with Executor(settings.workers, settings.timeout, limits) as executor:
-            console.print(f"[bold cyan]evaluate[/] {len(samples)} samples of {len(problems)} {name} problems on "
-                          f"{executor.workers} sandboxed workers ({', '.join(executor.isolation['namespaces']) or 'no'}"
-                          f" namespaces, {executor.isolation['network']})")
+            console.print(
+                f"[bold cyan]evaluate[/] {len(samples)} samples of {len(problems)} {name} problems on "
+                f"{executor.workers} sandboxed workers ({', '.join(executor.isolation['namespaces']) or 'no'}"
+                f" namespaces, {executor.isolation['network']})"
+            )
             execute(jobs, verdict_log, executor, console, "tests")
             if settings.examples and example_jobs:
                 execute(example_jobs, example_log, executor, console, "examples")
@@ -308,18 +389,27 @@ def evaluate(samples_path: Path, settings: EvalSettings, console: Console,
     results = {
         "metrics": result_metrics,
         "run_card": {
-            "benchmark": name, "problems_sha256": dataset_sha, "samples": str(samples_path),
-            "model": meta.get("model"), "prompt_mode": meta.get("prompt_mode"), "decoding": meta.get("decoding", {}),
-            "stop_sequences": meta.get("stop_sequences", []), "postprocess": "code block → target function",
-            "executor": executor_card, "versions": versions(),
+            "benchmark": name,
+            "problems_sha256": dataset_sha,
+            "samples": str(samples_path),
+            "model": meta.get("model"),
+            "prompt_mode": meta.get("prompt_mode"),
+            "decoding": meta.get("decoding", {}),
+            "stop_sequences": meta.get("stop_sequences", []),
+            "postprocess": "code block → target function",
+            "executor": executor_card,
+            "versions": versions(),
             "text_metrics_encoder": str(resolve_encoder(settings.encoder)) if settings.encoder else None,
         },
         "execution_seconds": round(elapsed, 2),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(results), encoding="utf-8")
-    summary = ", ".join(f"{k} {result_metrics[k]:.4f}" for k in ("pass@1", "pass@10", "pass@100", "filtered_pass@1")
-                        if k in result_metrics)
+    summary = ", ".join(
+        f"{k} {result_metrics[k]:.4f}"
+        for k in ("pass@1", "pass@10", "pass@100", "filtered_pass@1")
+        if k in result_metrics
+    )
     console.print(f"[bold cyan]evaluate[/] {name}: {summary} → {out}/results.json, report.md")
     return results
 
@@ -343,10 +433,15 @@ def compare(paths: list[Path], allow_mismatch: bool = False) -> str:
         card = r["run_card"]
         for key in ("prompt_mode", "decoding", "benchmark"):
             if card.get(key) != first.get(key):
-                mismatches.append(f"{path}: {key} {card.get(key)!r} differs from {runs[0][0]}: {first.get(key)!r}")
+                mismatches.append(
+                    f"{path}: {key} {card.get(key)!r} differs from {runs[0][0]}: {first.get(key)!r}"
+                )
     if mismatches and not allow_mismatch:
-        raise PycodegenError("runs are not comparable:\n  " + "\n  ".join(mismatches)
-                             + "\n(use --allow-mismatch to compare anyway, flagged)")
+        raise PycodegenError(
+            "runs are not comparable:\n  "
+            + "\n  ".join(mismatches)
+            + "\n(use --allow-mismatch to compare anyway, flagged)"
+        )
     keys: list[str] = []
     for _, r in runs:
         m = r["metrics"]
@@ -362,7 +457,9 @@ def compare(paths: list[Path], allow_mismatch: bool = False) -> str:
             cells.append("" if v is None else f"{v:.4f}")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     for key in ("model", "prompt_mode", "decoding"):
-        lines.append(f"| {key} | " + " | ".join(f"`{json.dumps(r['run_card'].get(key))}`" for _, r in runs) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(f"`{json.dumps(r['run_card'].get(key))}`" for _, r in runs) + " |"
+        )
     if mismatches:
         lines += ["", "**Warning: not comparable** (" + "; ".join(mismatches) + ")"]
     return "\n".join(lines) + "\n"

@@ -15,26 +15,36 @@ this guard; the process, file-system and network isolation around it still hold.
 from __future__ import annotations
 
 import builtins
-import json
-import os
-import sys
-import threading
-
 import collections
 import datetime
 import decimal
 import fractions
+import json
+import os
+import sys
+import threading
 
 # Return types an entry point may use, captured by identity before any program runs: every class in
 # `builtins` and the standard library's value types. A class the program defines (or a subclass of one
 # of these) is not among them, so an always-equal object cannot stand in for an answer.
 PLAIN_MAPPINGS = frozenset({dict, collections.Counter, collections.OrderedDict, collections.defaultdict})
 PLAIN_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
-PLAIN_ATOMS = frozenset(
-    {v for v in vars(builtins).values() if isinstance(v, type)}
-    | {type(None), type(Ellipsis), type(NotImplemented)}
-    | {fractions.Fraction, decimal.Decimal, datetime.date, datetime.datetime, datetime.time, datetime.timedelta}
-) - PLAIN_MAPPINGS - PLAIN_SEQUENCES
+PLAIN_ATOMS = (
+    frozenset(
+        {v for v in vars(builtins).values() if isinstance(v, type)}
+        | {type(None), type(Ellipsis), type(NotImplemented)}
+        | {
+            fractions.Fraction,
+            decimal.Decimal,
+            datetime.date,
+            datetime.datetime,
+            datetime.time,
+            datetime.timedelta,
+        }
+    )
+    - PLAIN_MAPPINGS
+    - PLAIN_SEQUENCES
+)
 
 
 class UntrustedReturnValue(Exception):
@@ -130,6 +140,6 @@ def run_sample(job: dict, verdict_fd: int) -> None:
         report("failed", describe(exc))
     except memory_error as exc:
         report("out of memory", describe(exc))
-    except base_exception as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, custom BaseExceptions
+    except base_exception as exc:
         report("error", describe(exc))
     report("passed")
