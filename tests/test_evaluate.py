@@ -174,7 +174,7 @@ def test_samples_file_errors(tmp_path: Path) -> None:
     result = run_cli("evaluate", str(bad), "--benchmark", "humaneval", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "s.jsonl:2: unknown task_id 'nope'" in result.stderr
     result = run_cli("evaluate", str(bad), "--benchmark", "apps", "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "unknown benchmark 'apps'; valid: humaneval, mbpp" in result.stderr
+    assert result.returncode == 2 and "benchmark: Input should be 'humaneval' or 'mbpp'" in result.stderr
     with pytest.raises(DataError, match="exactly one of --benchmark or --problems"):
         load_problems(None, None)
 

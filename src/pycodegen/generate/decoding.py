@@ -13,7 +13,7 @@ from typing import Any
 
 from pycodegen.data.tasks import hust_prompt
 from pycodegen.errors import ConfigError
-from pycodegen.evaluate.postprocess import truncate
+from pycodegen.evaluate.postprocess import code_block_end, truncate
 
 PROMPT_MODES = ("auto", "raw", "chat", "hust")
 
@@ -52,9 +52,18 @@ class DecodingConfig:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], cfg: DecodingConfig, stops: Sequence[str] = ()
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    cfg: DecodingConfig,
+    stops: Sequence[str] = (),
+    stop_after_code_block: bool = False,
 ) -> list[list[str]]:
-    """`cfg.n` completions (raw decoded text, cut at stops) for each fully formatted prompt, batched."""
+    """`cfg.n` completions (raw decoded text, cut at stops) for each fully formatted prompt, batched.
+
+    `stop_after_code_block` ends a sequence once its first fenced code block has closed: what a chat
+    model says after its code is never executed, and generating it costs most of the time.
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -70,7 +79,11 @@ def generate(
 
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
             texts = tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-            return torch.tensor([any(s in t for s in stops) for t in texts], device=input_ids.device)
+            done = [
+                any(s in t for s in stops) or (stop_after_code_block and code_block_end(t) is not None)
+                for t in texts
+            ]
+            return torch.tensor(done, device=input_ids.device)
 
     flat = [p for p in prompts for _ in range(cfg.n)]
     outputs: list[str] = []
@@ -86,10 +99,13 @@ def generate(
         }
         if sample:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-        if stops:
+        if stops or stop_after_code_block:
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnText(start)])
         with torch.no_grad():
             out = model.generate(**batch, **kwargs)
         texts = tokenizer.batch_decode(out[:, start:], skip_special_tokens=True)
-        outputs += [truncate(t, list(stops)) for t in texts]
+        texts = [truncate(t, list(stops)) for t in texts]
+        if stop_after_code_block:
+            texts = [t[: code_block_end(t) or len(t)] for t in texts]
+        outputs += texts
     return [outputs[j * cfg.n : (j + 1) * cfg.n] for j in range(len(prompts))]
