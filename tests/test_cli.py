@@ -97,3 +97,22 @@ def test_run_refuses_unbuilt_stages(tmp_path: Path) -> None:
     recipe.write_text("name: t\ntrain: {family: seq2seq}\n")
     result = pycodegen("run", str(recipe))
     assert result.returncode == 2 and "model training is not built yet" in result.stderr
+
+
+def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
+    from pycodegen.evaluate.benchmarks import load_problems
+
+    _, problems, _ = load_problems("humaneval")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
+                               for p in problems[:5]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nout: {tmp_path / 'run'}\nevaluate:\n  samples: {samples}\n"
+                      "  benchmark: humaneval\n  limit: 3\n  timeout: 5\n")
+    first = pycodegen("run", str(recipe))
+    assert first.returncode == 0, first.stderr
+    assert "2 samples of other tasks ignored" in first.stderr
+    results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
+    assert results["metrics"]["samples"] == 3 and results["metrics"]["pass@1"] == 1.0
+    second = pycodegen("run", str(recipe))
+    assert second.returncode == 0 and "evaluate is up to date" in second.stderr
