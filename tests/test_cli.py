@@ -104,11 +104,17 @@ def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
 
     _, problems, _ = load_problems("humaneval")
     samples = tmp_path / "s.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
-                               for p in problems[:5]))
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
+            for p in problems[:5]
+        )
+    )
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: t\nout: {tmp_path / 'run'}\nevaluate:\n  samples: {samples}\n"
-                      "  benchmark: humaneval\n  limit: 3\n  timeout: 5\n")
+    recipe.write_text(
+        f"name: t\nout: {tmp_path / 'run'}\nevaluate:\n  samples: {samples}\n"
+        "  benchmark: humaneval\n  limit: 3\n  timeout: 5\n"
+    )
     first = pycodegen("run", str(recipe))
     assert first.returncode == 0, first.stderr
     assert "2 samples of other tasks ignored" in first.stderr

@@ -123,6 +123,46 @@ class EvaluateConfig(StrictModel):
     encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
 
 
+class TrainConfig(StrictModel):
+    """`pycodegen train`: one accelerate-based loop for every model family."""
+
+    family: str = Field(..., description="Model family: char-rnn, hf-causal, ...")
+    data: Path = Field(..., description="A dataset directory from `pycodegen prepare`.")
+    out: Path = Field(Path("runs/train"), description="Run directory: checkpoints, metrics.jsonl.")
+    model: str | None = Field(None, description="Zoo name, local dir, a checkpoint, or new:gpt2 / new:llama.")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Family/architecture sizes.")
+    mode: Literal["full", "lora", "qlora"] = Field("full", description="What is trained.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    budget: str | None = Field(None, description="Stop cleanly after this long: 90s, 10m, 2h.")
+    resume: bool = Field(False, description="Continue from the run directory's last checkpoint.")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast (AMX on this CPU).")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, ge=8, description="Tokens per example (longer ones are cut).")
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    schedule: Literal["constant", "linear", "cosine", "exponential"] = Field(
+        "cosine", description="LR schedule."
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of steps for linear warm-up (Autocoder: 0.2)."
+    )
+    decay_per_epoch: float = Field(0.97, gt=0, le=1, description="exponential: factor per epoch.")
+    clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
+    log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
+    save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
+    eval_batches: int = Field(20, ge=1, description="Validation batches per pass.")
+    keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (plus best and final).")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | None = Field(None, description="LoRA targets; default per architecture.")
+    freeze: list[str] = Field(default_factory=list, description="Regexes of parameter names to freeze.")
+    unfreeze: list[str] = Field(default_factory=list, description="Regexes re-enabled after freeze.")
+
+
 class RecipeConfig(StrictModel):
     """A YAML recipe: the stages `pycodegen run` executes in order, each optional."""
 

@@ -1,0 +1,112 @@
+"""The char-RNN baseline of the Stanford system: an RNN/GRU/LSTM over characters (Karpathy's char-rnn).
+
+Defaults follow the paper: LSTM, 2 layers × 128 units, sequences of 50-128 characters, batch 50,
+learning rate 0.002 decayed ×0.97 per epoch, gradient clipping at 5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pycodegen.data.tokenizers import CharVocab
+from pycodegen.models.family import Family, register, save_json
+
+
+class CharRNN(nn.Module):
+    def __init__(
+        self, vocab_size: int, n_embd: int = 128, n_layer: int = 2, cell: str = "lstm", dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+        self.config = {
+            "vocab_size": vocab_size,
+            "n_embd": n_embd,
+            "n_layer": n_layer,
+            "cell": cell,
+            "dropout": dropout,
+            "model_type": "pycodegen-char-rnn",
+        }
+        self.embed = nn.Embedding(vocab_size, n_embd)
+        self.rnn = rnn(n_embd, n_embd, n_layer, batch_first=True, dropout=dropout if n_layer > 1 else 0.0)
+        self.head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+        x = self.embed(idx)  # (B, T, C)
+        y, state = self.rnn(x, state)  # (B, T, C)
+        return self.head(y), state  # (B, T, V)
+
+
+@register
+class CharRNNFamily(Family):
+    name = "char-rnn"
+    views = ("char-stream",)
+
+    def setup(self) -> None:
+        source = Path(self.cfg.model) if self.cfg.model else None
+        vocab_path = (
+            source / "vocab.json"
+            if source and (source / "vocab.json").is_file()
+            else (self.data_dir / "vocab.json")
+        )
+        self.vocab = CharVocab.load(vocab_path)
+        opts = {"n_embd": 128, "n_layer": 2, "cell": "lstm", "dropout": 0.0, **self.cfg.model_args}
+        self.model = CharRNN(
+            len(self.vocab.itos),
+            int(opts["n_embd"]),
+            int(opts["n_layer"]),
+            str(opts["cell"]),
+            float(opts["dropout"]),
+        )
+        if source is not None:
+            self.load_weights(self.model, source)
+
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        ids = self.vocab.encode(row["text"])
+        return {"input_ids": ids[:-1], "labels": ids[1:]}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, _ = model(batch["input_ids"])
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
+        )
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(directory / "model.safetensors"),
+        )
+        save_json(directory / "config.json", model.config)
+        self.vocab.save(directory / "vocab.json")
+
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[str], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """Continue each prompt character by character (greedy, or sampled with `temperature`)."""
+        outs = []
+        for prompt in prompts:
+            ids = torch.tensor([self.vocab.encode(prompt) or [2]])
+            logits, state = model(ids)
+            chars = []
+            for _ in range(max_new_tokens):
+                last = logits[0, -1].float()
+                if temperature > 0:
+                    nxt = int(torch.multinomial(torch.softmax(last / temperature, -1), 1))
+                else:
+                    nxt = int(last.argmax())
+                if nxt == 2:  # <eos>
+                    break
+                chars.append(nxt)
+                logits, state = model(torch.tensor([[nxt]]), state)
+            outs.append(self.vocab.decode(chars))
+        return outs
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.name, **(self.model.config if self.model is not None else {})}

@@ -1,0 +1,108 @@
+"""The model-family protocol the trainer drives, and the registry from family name to implementation.
+
+A family knows how to build or load its model from a prepared dataset directory, how a dataset row
+becomes token ids, how a batch becomes a loss, and how to save an HF-format checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from pycodegen.errors import ConfigError, unknown_name
+
+if TYPE_CHECKING:
+    from pycodegen.config import TrainConfig
+
+
+class Family:
+    """Base class: every hook has a default or raises with a clear message."""
+
+    name: ClassVar[str] = ""
+    views: ClassVar[tuple[str, ...]] = ()  # task views this family trains on
+    lora_targets: ClassVar[list[str]] = []  # default LoRA target modules
+
+    def __init__(self, cfg: TrainConfig, manifest: dict[str, Any], data_dir: Path) -> None:
+        self.cfg = cfg
+        self.manifest = manifest
+        self.data_dir = data_dir
+        self.model: torch.nn.Module | None = None
+        if manifest.get("task") not in self.views:
+            raise ConfigError(
+                f"family {self.name!r} trains on {', '.join(self.views)} datasets, but {data_dir} is "
+                f"{manifest.get('task')!r}; prepare one with `pycodegen prepare --task {self.views[0]}`"
+            )
+
+    def setup(self) -> None:
+        """Load the tokenizer/vocabulary and build or load the model into `self.model`."""
+        raise NotImplementedError
+
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        """One dataset row → `input_ids` and `labels` (-100 where no loss is taken)."""
+        raise NotImplementedError
+
+    def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Right-pad a list of encoded examples into tensors."""
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            labels[i, :n] = torch.tensor(e["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross-entropy over the label tokens of the batch."""
+        raise NotImplementedError
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write an HF-format directory (config + safetensors, tokenizer or vocabulary)."""
+        raise NotImplementedError
+
+    def load_weights(self, model: torch.nn.Module, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(directory / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
+            raise ConfigError(
+                f"{directory}: checkpoint does not fit the model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )
+
+    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+        raise NotImplementedError(f"family {self.name!r} has no text generation")
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.name}
+
+
+def save_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+FAMILIES: dict[str, type[Family]] = {}
+
+
+def register(cls: type[Family]) -> type[Family]:
+    FAMILIES[cls.name] = cls
+    return cls
+
+
+def get_family(name: str) -> type[Family]:
+    # Importing the modules fills the registry; each is imported only when asked for.
+    from pycodegen.models import char_rnn, hf  # noqa: F401
+
+    if name not in FAMILIES:
+        raise unknown_name("model family", name, list(FAMILIES))
+    return FAMILIES[name]

@@ -1,0 +1,141 @@
+"""Hugging Face families: `hf-causal` (decoder-only: the embedded SmolLM2, a local GPT-2/Llama-shaped
+directory, or a new model from a config) with loss masking of prompt tokens, and its LoRA targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pycodegen.errors import ConfigError
+from pycodegen.models.family import Family, register
+
+# Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
+LORA_TARGETS = {
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "t5": ["q", "k", "v"],
+}
+NEW_PREFIX = "new:"
+
+
+def new_causal_lm(model_type: str, tokenizer: Any, args: dict[str, Any]) -> torch.nn.Module:
+    """A freshly initialised decoder-only model of an HF architecture, sized by `args`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if model_type not in ("gpt2", "llama"):
+        raise ConfigError(f"new models can be of type gpt2 or llama, not {model_type!r}")
+    sizes = {
+        "gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512},
+        "llama": {
+            "num_hidden_layers": 2,
+            "hidden_size": 64,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "max_position_embeddings": 512,
+        },
+    }[model_type]
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **{**sizes, **args},
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+@register
+class HFCausalFamily(Family):
+    name = "hf-causal"
+    views = ("docstring-to-body", "instruction", "lm-windows")
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        ref = self.cfg.model or "smollm2-135m-instruct"
+        if ref.startswith(NEW_PREFIX):
+            tok_dir = self.data_dir / "tokenizer"
+            if not tok_dir.is_dir():
+                raise ConfigError(
+                    f"a new model needs the dataset's tokenizer: {tok_dir} is missing "
+                    "(prepare with --train-tokenizer)"
+                )
+            self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            self.model = new_causal_lm(ref[len(NEW_PREFIX) :], self.tokenizer, self.cfg.model_args)
+        else:
+            from pycodegen.models.zoo import load_causal_lm
+
+            self.model, self.tokenizer = load_causal_lm(ref)
+            if self.manifest.get("task") == "lm-windows":
+                tok_dir = self.data_dir / "tokenizer"
+                data_tok = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else None
+                if data_tok is None or len(data_tok) < len(self.tokenizer):
+                    raise ConfigError(
+                        "lm-windows data for a pre-trained model must be prepared with its "
+                        f"tokenizer (--tokenizer {ref})"
+                    )
+                self.tokenizer = data_tok
+                self.model.resize_token_embeddings(len(data_tok))  # the control tokens
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.train()
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def lora_targets(self) -> list[str]:  # type: ignore[override]
+        model_type = getattr(getattr(self.model, "config", None), "model_type", "")
+        return LORA_TARGETS.get(model_type, LORA_TARGETS["llama"])
+
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        if "input_ids" in row:  # lm-windows: every token is a target
+            return {"input_ids": row["input_ids"], "labels": row["input_ids"]}
+        prompt = self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        target = self.tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [
+            self.tokenizer.eos_token_id
+        ]
+        limit = self.cfg.max_length
+        ids = (prompt + target)[:limit]
+        labels = ([-100] * len(prompt) + target)[:limit]  # no loss on the prompt
+        return {"input_ids": ids, "labels": labels}
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def load_weights(self, model: torch.nn.Module, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        if (directory / "adapter_model.safetensors").is_file():
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+            return
+        super().load_weights(model, directory)
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+        from pycodegen.generate.decoding import DecodingConfig, generate
+
+        was_training = model.training
+        model.eval()
+        texts = generate(model, self.tokenizer, prompts, DecodingConfig(max_new_tokens=max_new_tokens))
+        model.train(was_training)
+        return [t[0] for t in texts]
+
+    def describe(self) -> dict[str, Any]:
+        config = getattr(self.model, "config", None)
+        return {
+            "family": self.name,
+            "model": self.cfg.model,
+            "model_type": getattr(config, "model_type", None),
+        }

@@ -1,0 +1,1 @@
+"""Training: one accelerate-based loop for every model family (checkpoints, resume, budgets)."""

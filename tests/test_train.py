@@ -1,0 +1,382 @@
+"""Training: real steps on tiny models and data, resume, LoRA, freezing, budgets, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from pycodegen.config import PrepareConfig, TrainConfig
+from pycodegen.data.prepare import prepare
+from pycodegen.errors import ConfigError
+from pycodegen.train.loop import TrainingDiverged, train
+
+QUIET = Console(quiet=True)
+MODULE = '''
+def scale(values, factor):
+    """Multiply every value by factor."""
+    return [v * factor for v in values]
+
+
+def total(values):
+    """Add the values up."""
+    result = 0
+    for v in values:
+        result += v
+    return result
+'''
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").open()) if "loss" in r]
+
+
+def char_dataset(root: Path, n_docs: int = 40, length: int = 48) -> Path:
+    """A char-stream dataset whose sequences all have the same length (so DDP and 1 process agree)."""
+    from pycodegen.data.tokenizers import CharVocab
+
+    root.mkdir(parents=True)
+    texts = [(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * 4)[:length] for i in range(n_docs)]
+    vocab = CharVocab.build(texts)
+    vocab.save(root / "vocab.json")
+    (root / "train.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    (root / "valid.jsonl").write_text(
+        "".join(json.dumps({"id": f"v{i}", "text": t}) + "\n" for i, t in enumerate(texts[:8]))
+    )
+    (root / "test.jsonl").write_text("")
+    (root / "manifest.json").write_text(json.dumps({"task": "char-stream"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def chars(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return char_dataset(tmp_path_factory.mktemp("data") / "chars")
+
+
+@pytest.fixture(scope="module")
+def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docstring→body pairs with a BPE trained on them (for new GPT-2/Llama-shaped models)."""
+    src = tmp_path_factory.mktemp("src")
+    for i in range(24):
+        (src / f"m{i}.py").write_text(MODULE.replace("scale", f"scale{i}").replace("total", f"total{i}"))
+    out = tmp_path_factory.mktemp("data") / "functions"
+    prepare(
+        PrepareConfig(
+            source=str(src),
+            out=out,
+            train_tokenizer=True,
+            vocab_size=300,
+            workers=1,
+            dedup=False,
+            valid_fraction=0.1,
+            test_fraction=0,
+        ),
+        QUIET,
+    )
+    return out
+
+
+def char_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(
+        family="char-rnn",
+        data=data,
+        out=out,
+        batch_size=8,
+        lr=0.01,
+        log_every=1,
+        eval_every=1000,
+        save_every=1000,
+        model_args={"n_embd": 32, "n_layer": 2, "dropout": 0.1},
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_char_rnn_learns_and_reloads(chars: Path, tmp_path: Path) -> None:
+    summary = train(char_cfg(chars, tmp_path / "run", max_steps=40), QUIET)
+    curve = losses(tmp_path / "run")
+    assert curve[-1] < curve[0] * 0.7
+    assert summary["valid_loss"] < curve[0]
+    from pycodegen.models.char_rnn import CharRNNFamily
+
+    cfg = char_cfg(chars, tmp_path / "x", model=str(tmp_path / "run" / "final"))
+    a, b = (
+        CharRNNFamily(cfg, {"task": "char-stream"}, chars),
+        CharRNNFamily(cfg, {"task": "char-stream"}, chars),
+    )
+    a.setup(), b.setup()
+    assert a.model is not None and b.model is not None
+    a.model.eval(), b.model.eval()
+    text = a.generate(a.model, ["def f"], 20)
+    assert text == b.generate(b.model, ["def f"], 20) and len(text[0]) > 0
+
+
+def test_resume_after_kill_equals_uninterrupted(chars: Path, tmp_path: Path) -> None:
+    args = [
+        "--family",
+        "char-rnn",
+        "--data",
+        str(chars),
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--log-every",
+        "1",
+        "--save-every",
+        "3",
+        "--model-arg",
+        "n_embd=32",
+        "--model-arg",
+        "dropout=0.1",
+        "--schedule",
+        "constant",
+    ]
+    whole = tmp_path / "whole"
+    subprocess.run(
+        [sys.executable, "-m", "pycodegen", "train", *args, "--out", str(whole), "--max-steps", "12"],
+        check=True,
+        capture_output=True,
+    )
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pycodegen", "train", *args, "--out", str(killed), "--max-steps", "100000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (killed / "checkpoint-6").is_dir():
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pycodegen",
+            "train",
+            *args,
+            "--out",
+            str(killed),
+            "--max-steps",
+            "12",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step" in resumed.stderr
+    assert losses(killed) == losses(whole)  # the same curve, step for step
+
+
+def test_budget_stops_and_says_so(chars: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    summary = train(char_cfg(chars, tmp_path / "run", max_steps=10**6, budget="2s"), QUIET)
+    assert summary["stop_reason"] == "budget" and 0 < summary["steps"] < 10**6
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_existing_checkpoints_need_resume(chars: Path, tmp_path: Path) -> None:
+    train(char_cfg(chars, tmp_path / "run", max_steps=2), QUIET)
+    with pytest.raises(ConfigError, match="already has checkpoints: pass --resume"):
+        train(char_cfg(chars, tmp_path / "run", max_steps=4), QUIET)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(char_cfg(chars, tmp_path / "empty", max_steps=4, resume=True), QUIET)
+
+
+def test_divergence_stops_with_the_last_good_checkpoint(chars: Path, tmp_path: Path) -> None:
+    """A family whose loss turns NaN at step 4 (a real run otherwise): the loop stops and says where."""
+    from pycodegen.models.char_rnn import CharRNNFamily
+    from pycodegen.models.family import FAMILIES, register
+
+    class NanAtStep4(CharRNNFamily):
+        name = "test-nan-at-step-4"
+        calls = 0
+
+        def loss(self, model, batch):  # type: ignore[no-untyped-def]
+            type(self).calls += 1
+            loss = super().loss(model, batch)
+            return loss * float("nan") if type(self).calls == 4 else loss
+
+    register(NanAtStep4)
+    try:
+        with pytest.raises(
+            TrainingDiverged, match=r"loss is nan at step 4.*last good checkpoint is .*checkpoint-2"
+        ):
+            train(
+                char_cfg(chars, tmp_path / "run", family=NanAtStep4.name, max_steps=10, save_every=2), QUIET
+            )
+    finally:
+        del FAMILIES[NanAtStep4.name]
+    assert (tmp_path / "run" / "checkpoint-2" / "model.safetensors").is_file()
+    assert not (tmp_path / "run" / "checkpoint-4").exists()
+
+
+def test_new_gpt2_learns_with_prompt_masking(functions: Path, tmp_path: Path) -> None:
+    from pycodegen.models.hf import HFCausalFamily
+
+    cfg = TrainConfig(
+        family="hf-causal",
+        data=functions,
+        out=tmp_path / "run",
+        model="new:gpt2",
+        max_steps=30,
+        batch_size=4,
+        lr=3e-3,
+        log_every=1,
+        model_args={"n_layer": 2, "n_embd": 32, "n_head": 2},
+    )
+    family = HFCausalFamily(cfg, {"task": "docstring-to-body"}, functions)
+    family.setup()
+    row = json.loads((functions / "train.jsonl").read_text().splitlines()[0])
+    encoded = family.encode(row)
+    n_prompt = len(family.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    assert (
+        encoded["labels"][:n_prompt] == [-100] * n_prompt
+        and encoded["labels"][-1] == family.tokenizer.eos_token_id
+    )
+    train(cfg, QUIET)
+    curve = losses(tmp_path / "run")
+    assert curve[-1] < curve[0] * 0.75
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")  # a plain HF directory
+    assert reloaded.config.n_layer == 2
+
+
+def test_lora_changes_only_adapter_weights(functions: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        family="hf-causal",
+        data=functions,
+        out=tmp_path / "run",
+        model="new:llama",
+        mode="lora",
+        max_steps=5,
+        batch_size=4,
+        lr=1e-2,
+        model_args={"hidden_size": 32, "intermediate_size": 64},
+        save_every=5,
+    )
+    summary = train(cfg, QUIET)
+    share = summary["parameters"]["trainable_share"]
+    assert 0 < share < 0.2
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "run" / "final" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(k.endswith("q_proj.lora_B.weight") for k in adapter)
+    assert any(float(v.abs().sum()) > 0 for k, v in adapter.items() if "lora_B" in k)  # B starts at zero
+
+
+def test_freeze_pattern_freezes_what_it_says(functions: Path, tmp_path: Path) -> None:
+    from pycodegen.models.hf import HFCausalFamily
+    from pycodegen.train.loop import apply_mode
+
+    cfg = TrainConfig(
+        family="hf-causal",
+        data=functions,
+        out=tmp_path / "run",
+        model="new:gpt2",
+        freeze=[r"^transformer\."],
+        unfreeze=[r"\.attn\."],
+        model_args={"n_embd": 32},
+    )
+    family = HFCausalFamily(cfg, {"task": "docstring-to-body"}, functions)
+    family.setup()
+    assert family.model is not None
+    model = apply_mode(cfg, family, family.model, torch.device("cpu"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".attn." in n for n in trainable)
+    assert "transformer.wte.weight" not in trainable and "transformer.h.0.mlp.c_fc.weight" not in trainable
+
+
+def test_qlora_needs_cuda(functions: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(family="hf-causal", data=functions, out=tmp_path / "r", model="new:gpt2", mode="qlora")
+    with pytest.raises(ConfigError, match="QLoRA needs a CUDA GPU"):
+        train(cfg, QUIET)
+
+
+def test_corrupt_config_is_a_clear_error(tmp_path: Path, chars: Path) -> None:
+    bad = tmp_path / "train.yaml"
+    bad.write_text(f"family: char-rnn\ndata: {chars}\nlearning_rate: 0.1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pycodegen", "train", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "unknown key 'learning_rate'; valid keys:" in result.stderr
+    assert "lr" in result.stderr.split("valid keys:")[1]
+    bad.write_text("family: char-rnn\ndata: [\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pycodegen", "train", "--config", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+def test_ddp_on_two_processes_matches_one(chars: Path, tmp_path: Path) -> None:
+    """torchrun with 2 gloo ranks at batch 4 each = 1 process at batch 8 (the same global batch)."""
+    common = [
+        "--family",
+        "char-rnn",
+        "--data",
+        str(chars),
+        "--lr",
+        "0.01",
+        "--log-every",
+        "1",
+        "--max-steps",
+        "6",
+        "--model-arg",
+        "n_embd=32",
+        "--schedule",
+        "constant",
+    ]
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pycodegen",
+            "train",
+            *common,
+            "--batch-size",
+            "8",
+            "--out",
+            str(tmp_path / "one"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "pycodegen",
+            "train",
+            *common,
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
