@@ -101,7 +101,7 @@ def register(cls: type[Family]) -> type[Family]:
 
 def get_family(name: str) -> type[Family]:
     # Importing the modules fills the registry; each is imported only when asked for.
-    from pycodegen.models import char_rnn, hf  # noqa: F401
+    from pycodegen.models import char_rnn, hf, seq2seq  # noqa: F401
 
     if name not in FAMILIES:
         raise unknown_name("model family", name, list(FAMILIES))
