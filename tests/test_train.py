@@ -405,8 +405,17 @@ def test_seq2seq_masks() -> None:
 def test_seq2seq_learns_saves_and_decodes(functions: Path, tmp_path: Path) -> None:
     from pycodegen.models.seq2seq import Seq2SeqFamily
 
-    cfg = TrainConfig(family="seq2seq", data=functions, out=tmp_path / "run", max_steps=40, batch_size=4, lr=2e-3,
-                      log_every=1, model_args=SMALL_S2S, max_length=96)
+    cfg = TrainConfig(
+        family="seq2seq",
+        data=functions,
+        out=tmp_path / "run",
+        max_steps=40,
+        batch_size=4,
+        lr=2e-3,
+        log_every=1,
+        model_args=SMALL_S2S,
+        max_length=96,
+    )
     train(cfg, QUIET)
     curve = losses(tmp_path / "run")
     assert curve[-1] < curve[0] * 0.75
@@ -418,3 +427,45 @@ def test_seq2seq_learns_saves_and_decodes(functions: Path, tmp_path: Path) -> No
     greedy = a.generate(a.model, [prompt], 12)
     assert greedy == b.generate(b.model, [prompt], 12)
     assert a.generate(a.model, [prompt], 12, beams=3) == b.generate(b.model, [prompt], 12, beams=3)
+
+
+@pytest.mark.parametrize("encoder", ["nbow", "bigru"])
+def test_retrieval_learns_and_searches(encoder: str, functions: Path, tmp_path: Path) -> None:
+    from pycodegen.models.retrieval import search
+
+    cfg = TrainConfig(
+        family="retrieval",
+        data=functions,
+        out=tmp_path / "run",
+        max_steps=30,
+        batch_size=8,
+        lr=1e-2,
+        log_every=1,
+        eval_every=30,
+        max_length=64,
+        model_args={"encoder": encoder, "dim": 32},
+    )
+    summary = train(cfg, QUIET)
+    curve = losses(tmp_path / "run")
+    assert curve[-1] < curve[0]
+    assert 0 < summary["mrr"] <= 1 and summary["mrr_distractors"] >= 1
+    hits = search(tmp_path / "run" / "final", functions, "multiply every value by factor", top=3)
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pycodegen",
+            "search",
+            "add the values up",
+            "--model",
+            str(tmp_path / "run" / "final"),
+            "--corpus",
+            str(functions),
+            "--top",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2

@@ -346,6 +346,27 @@ def train(
     run_train(parse_config(TrainConfig, {**base, **flags}, where=str(config) if config else "train"), console)
 
 
+def search(
+    query: Annotated[str, typer.Argument(help="What the function should do, in words.")],
+    model: Annotated[Path, typer.Option(help="A trained retrieval checkpoint (RUN/final).")],
+    corpus: Annotated[Path, typer.Option(help="A docstring-to-body dataset directory to search.")],
+    top: Annotated[int, typer.Option(help="How many functions to show.")] = 5,
+) -> None:
+    """Find the functions of a prepared corpus that best match a query (retrieval family).
+
+    [bold]Example[/]:
+
+        pycodegen prepare --task docstring-to-body --out runs/data/stdlib
+        pycodegen train --family retrieval --data runs/data/stdlib --out runs/train/nbow --max-steps 300
+        pycodegen search "parse an email address" --model runs/train/nbow/final --corpus runs/data/stdlib
+    """
+    from pycodegen.models.retrieval import search as run_search
+
+    for hit in run_search(model, corpus, query, top):
+        where = f"{hit['path']}:{hit['lineno']}" if hit.get("path") else hit["id"]
+        print(f"{hit['score']:.3f}  {where}  {hit['signature']}")
+
+
 def evaluate(
     samples: Annotated[Path | None, typer.Argument(help="samples.jsonl to score (or use --model).")] = None,
     out: Annotated[
@@ -456,6 +477,7 @@ VERBS: dict[str, Callable[..., Any]] = {
     "serve": serve,
     "run": run,
     "report": report,
+    "search": search,
 }
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 for _name, _func in VERBS.items():

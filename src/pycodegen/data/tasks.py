@@ -1,7 +1,7 @@
 """Task views: how a cleaned, split item becomes a training row. Each view is a named, documented format.
 
 - `docstring-to-body` (Stanford system, CodeSearchNet style): {id, prompt, target, path, qualname,
-  signature, lineno}; prompt = decorators + signature + docstring as written, target = the body.
+  signature, lineno, docstring}; prompt = decorators + signature + docstring as written, target = the body.
 - `instruction` (HUST system): {id, instruction, prompt, target, tests}; prompt = the instruction in the
   HUST template, in the model's chat template (`messages` also kept), or plain.
 - `lm-windows` (Autocoder): {id, path, lang, start, input_ids}; windows of `window` tokens every `stride`
@@ -57,6 +57,7 @@ def docstring_row(item: Item) -> dict[str, Any]:
         "qualname": fn.qualname,
         "signature": fn.signature,
         "lineno": fn.lineno,
+        "docstring": fn.docstring or item.text,
     }
 
 

@@ -65,6 +65,14 @@ class Family:
         """Mean cross-entropy over the label tokens of the batch."""
         raise NotImplementedError
 
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens the batch trains on (for tokens/s and loss weighting)."""
+        return int((batch["labels"] != -100).sum())
+
+    def evaluate(self, model: torch.nn.Module, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Family-specific validation metrics beyond loss (e.g. MRR for retrieval)."""
+        return {}
+
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         """Write an HF-format directory (config + safetensors, tokenizer or vocabulary)."""
         raise NotImplementedError
@@ -101,7 +109,7 @@ def register(cls: type[Family]) -> type[Family]:
 
 def get_family(name: str) -> type[Family]:
     # Importing the modules fills the registry; each is imported only when asked for.
-    from pycodegen.models import char_rnn, hf, seq2seq  # noqa: F401
+    from pycodegen.models import char_rnn, hf, retrieval, seq2seq  # noqa: F401
 
     if name not in FAMILIES:
         raise unknown_name("model family", name, list(FAMILIES))

@@ -191,7 +191,11 @@ class Seq2SeqFamily(Family):
         from transformers import AutoTokenizer
 
         source = Path(self.cfg.model) if self.cfg.model else None
-        tok_dir = source / "tokenizer" if source and (source / "tokenizer").is_dir() else self.data_dir / "tokenizer"
+        tok_dir = (
+            source / "tokenizer"
+            if source and (source / "tokenizer").is_dir()
+            else self.data_dir / "tokenizer"
+        )
         if not (tok_dir / "tokenizer.json").is_file():
             raise ConfigError(
                 f"seq2seq needs a tokenizer: {tok_dir} has none (prepare with --train-tokenizer)"

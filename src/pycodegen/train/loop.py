@@ -200,14 +200,16 @@ class Trainer:
         for start in range(0, min(len(self.valid_examples), bs * self.cfg.eval_batches), bs):
             batch = self.family.collate(self.valid_examples[start : start + bs])
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-            n = int((batch["labels"] != -100).sum())
+            n = self.family.count_tokens(batch)
             with self.autocast():
                 loss = self.family.loss(model, batch)
             losses += float(loss) * n
             tokens += n
-        model.train()
         mean = losses / max(1, tokens)
-        return {"valid_loss": mean, "valid_perplexity": math.exp(min(mean, 50))}
+        result = {"valid_loss": mean, "valid_perplexity": math.exp(min(mean, 50))}
+        result.update(self.family.evaluate(self.accelerator.unwrap_model(model), self.valid_rows))
+        model.train()
+        return result
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -226,7 +228,8 @@ class Trainer:
         model = apply_mode(cfg, self.family, self.family.model, acc.device)
         counts = parameter_counts(model)
         self.train_examples = [self.family.encode(r) for r in read_rows(cfg.data, "train")]
-        self.valid_examples = [self.family.encode(r) for r in read_rows(cfg.data, "valid")]
+        self.valid_rows = read_rows(cfg.data, "valid")
+        self.valid_examples = [self.family.encode(r) for r in self.valid_rows]
         if len(self.train_examples) < cfg.batch_size * acc.num_processes:
             raise ConfigError(
                 f"{cfg.data}: {len(self.train_examples)} training examples, fewer than one batch "
@@ -308,7 +311,7 @@ class Trainer:
                         loss = self.family.loss(self.model, batch) / cfg.grad_accum
                     acc.backward(loss)
                     total_loss += float(loss.detach())
-                    tokens += int((batch["labels"] != -100).sum())
+                    tokens += self.family.count_tokens(batch)
                 loss_tensor = acc.reduce(torch.tensor(total_loss, device=acc.device), "mean")
                 if not math.isfinite(float(loss_tensor)):
                     kept = f"; the last good checkpoint is {last_good}" if last_good else ""

@@ -1,0 +1,198 @@
+"""The CodeSearchNet retrieval baselines (Husain et al. 2019; the Stanford system's equation 1): a query
+encoder and a code encoder, each a neural bag of words or a bidirectional GRU over subtokens, trained
+with the softmax loss over in-batch pairs and evaluated by MRR against 999 distractors.
+
+Subtokens: identifiers split at underscores and camelCase, lower-cased, as CodeSearchNet does; the
+vocabulary is the most frequent subtokens of the training split (saved as vocab.json).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pycodegen.errors import ConfigError
+from pycodegen.evaluate.metrics import mean_reciprocal_rank
+from pycodegen.models.family import Family, register, save_json
+
+WORD = re.compile(r"[A-Za-z]+|\d+")
+CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def subtokens(text: str) -> list[str]:
+    """Identifier subtokens, lower-cased.
+
+    >>> subtokens("def getUserName(user_id): return HTTPError")
+    ['def', 'get', 'user', 'name', 'user', 'id', 'return', 'http', 'error']
+    """
+    return [p.lower() for w in WORD.findall(text) for p in CAMEL.findall(w)]
+
+
+class Encoder(nn.Module):
+    """Subtoken ids (B, T) → one vector per sequence (B, C)."""
+
+    def __init__(self, vocab_size: int, dim: int, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.rnn = nn.GRU(dim, dim // 2, batch_first=True, bidirectional=True) if kind == "bigru" else None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != 0).unsqueeze(-1).float()  # (B, T, 1)
+        x = self.embed(ids)  # (B, T, C)
+        if self.rnn is not None:
+            x, _ = self.rnn(x)  # (B, T, C)
+        return (x * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, C): mean over real tokens
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = {**config, "model_type": "pycodegen-retrieval"}
+        self.query = Encoder(config["vocab_size"], config["dim"], config["encoder"])
+        self.code = Encoder(config["vocab_size"], config["dim"], config["encoder"])
+
+    def forward(self, query: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        q = F.normalize(self.query(query), dim=-1)  # (B, C)
+        c = F.normalize(self.code(code), dim=-1)  # (B, C)
+        return q @ c.T * self.config["scale"]  # (B, B): every query against every code of the batch
+
+
+@register
+class RetrievalFamily(Family):
+    name = "retrieval"
+    views = ("docstring-to-body",)
+
+    def setup(self) -> None:
+        source = Path(self.cfg.model) if self.cfg.model else None
+        if source is not None:
+            config = json.loads((source / "config.json").read_text())
+            self.vocab = json.loads((source / "vocab.json").read_text())
+        else:
+            opts = {"encoder": "nbow", "dim": 128, "vocab": 10000, "scale": 20.0, **self.cfg.model_args}
+            if opts["encoder"] not in ("nbow", "bigru"):
+                raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
+            counts: Counter[str] = Counter()
+            for line in (self.data_dir / "train.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
+            self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
+            config = {
+                "encoder": opts["encoder"],
+                "dim": int(opts["dim"]),
+                "scale": float(opts["scale"]),
+                "vocab_size": len(self.vocab),
+            }
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.model = DualEncoder(config)
+        if source is not None:
+            self.load_weights(self.model, source)
+
+    @staticmethod
+    def query_text(row: dict[str, Any]) -> str:
+        return row.get("docstring") or row["prompt"]
+
+    @staticmethod
+    def code_text(row: dict[str, Any]) -> str:
+        return row.get("signature", "") + "\n" + row["target"]
+
+    def ids(self, text: str) -> list[int]:
+        return [self.index.get(t, 1) for t in subtokens(text)][: self.cfg.max_length] or [1]
+
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        return {"query": self.ids(self.query_text(row)), "code": self.ids(self.code_text(row))}
+
+    def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        def pad(key: str) -> torch.Tensor:
+            width = max(len(e[key]) for e in examples)
+            return torch.tensor([e[key] + [0] * (width - len(e[key])) for e in examples])
+
+        return {"query": pad("query"), "code": pad("code")}
+
+    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["query"] != 0).sum() + (batch["code"] != 0).sum())
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scores = model(batch["query"], batch["code"]).float()  # (B, B)
+        return F.cross_entropy(scores, torch.arange(scores.shape[0], device=scores.device))
+
+    @torch.no_grad()
+    def embed_codes(self, model: nn.Module, texts: list[str], batch: int = 256) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch):
+            ids = self.collate([{"query": [1], "code": self.ids(t)} for t in texts[i : i + batch]])["code"]
+            out.append(F.normalize(model.code(ids), dim=-1))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def embed_queries(self, model: nn.Module, texts: list[str]) -> torch.Tensor:
+        ids = self.collate([{"query": self.ids(t), "code": [1]} for t in texts])["query"]
+        return F.normalize(model.query(ids), dim=-1)
+
+    def evaluate(self, model: nn.Module, rows: list[dict[str, Any]]) -> dict[str, float]:
+        if len(rows) < 2:
+            return {}
+        was_training = model.training
+        model.eval()
+        queries = self.embed_queries(model, [self.query_text(r) for r in rows])
+        codes = self.embed_codes(model, [self.code_text(r) for r in rows])
+        model.train(was_training)
+        distractors = min(999, len(rows) - 1)
+        return {
+            "mrr": mean_reciprocal_rank((queries @ codes.T).numpy(), distractors),
+            "mrr_distractors": distractors,
+        }
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            str(directory / "model.safetensors"),
+        )
+        save_json(directory / "config.json", model.config)
+        (directory / "vocab.json").write_text(json.dumps(self.vocab))
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.name, **(self.model.config if self.model is not None else {})}
+
+
+def search(model_dir: Path, corpus: Path, query: str, top: int = 5) -> list[dict[str, Any]]:
+    """The `top` functions of a docstring-to-body dataset (all splits) that best match `query`."""
+    from pycodegen.config import TrainConfig
+
+    cfg = TrainConfig(family="retrieval", data=corpus, model=str(model_dir))
+    family = RetrievalFamily(cfg, {"task": "docstring-to-body"}, corpus)
+    family.setup()
+    assert family.model is not None
+    family.model.eval()
+    rows = [
+        json.loads(x)
+        for split in ("train", "valid", "test")
+        if (corpus / f"{split}.jsonl").is_file()
+        for x in (corpus / f"{split}.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
+    if not rows:
+        raise ConfigError(f"{corpus} has no functions to search")
+    codes = family.embed_codes(family.model, [family.code_text(r) for r in rows])
+    scores = (family.embed_queries(family.model, [query]) @ codes.T)[0]
+    best = scores.topk(min(top, len(rows)))
+    return [
+        {
+            "score": float(s),
+            "id": rows[int(i)]["id"],
+            "signature": rows[int(i)].get("signature", ""),
+            "path": rows[int(i)].get("path"),
+            "lineno": rows[int(i)].get("lineno"),
+        }
+        for s, i in zip(best.values, best.indices, strict=True)
+    ]
