@@ -469,3 +469,41 @@ def test_retrieval_learns_and_searches(encoder: str, functions: Path, tmp_path: 
         text=True,
     )
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+
+
+def test_hf_seq2seq_t5_with_the_hust_freeze(functions: Path, tmp_path: Path) -> None:
+    """A T5 shape from a config: decoder frozen except cross-attention (the HUST setting); it still learns."""
+    cfg = TrainConfig(
+        family="hf-seq2seq",
+        data=functions,
+        out=tmp_path / "run",
+        model="new:t5",
+        max_steps=25,
+        batch_size=4,
+        lr=5e-3,
+        log_every=1,
+        freeze=[r"^decoder\."],
+        unfreeze=["EncDecAttention"],
+    )
+    summary = train(cfg, QUIET)
+    curve = losses(tmp_path / "run")
+    assert curve[-1] < curve[0]
+    from transformers import AutoModelForSeq2SeqLM
+
+    before = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "checkpoint-25")
+    assert before.config.model_type == "t5"
+    assert 0 < summary["parameters"]["trainable_share"] < 1
+
+
+def test_generation_metrics_and_best_checkpoint_by_pass_at_1(shared_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "mbpp"
+    prepare(PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=data, task="instruction", train_tokenizer=True,
+                          vocab_size=800, valid_fraction=0.1, test_fraction=0.0), QUIET)
+    summary = train(TrainConfig(family="hf-causal", data=data, out=tmp_path / "run", model="new:gpt2", max_steps=4,
+                                batch_size=8, eval_every=2, eval_samples=2, eval_max_new_tokens=16,
+                                model_args={"n_layer": 1, "n_embd": 32}), QUIET)
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open()) if "valid_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all({"dev_pass@1", "dev_bleu", "dev_codebleu"} <= set(r) for r in evals)
+    assert summary["best"]["metric"] == "dev_pass@1" and summary["best"]["higher_is_better"]
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()

@@ -154,6 +154,13 @@ class TrainConfig(StrictModel):
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
     eval_batches: int = Field(20, ge=1, description="Validation batches per pass.")
+    eval_samples: int = Field(8, ge=0, description="Dev rows generated per pass (pass@1 / BLEU); 0 = off.")
+    eval_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per dev row.")
+    best_metric: str = Field(
+        "auto",
+        description="Metric of the best checkpoint; auto = dev_pass@1 when the "
+        "dev rows have tests, else valid_loss.",
+    )
     keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (plus best and final).")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")

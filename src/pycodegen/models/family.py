@@ -24,6 +24,7 @@ class Family:
     name: ClassVar[str] = ""
     views: ClassVar[tuple[str, ...]] = ()  # task views this family trains on
     lora_targets: ClassVar[list[str]] = []  # default LoRA target modules
+    generates: ClassVar[bool] = False  # whether prompts → text (for generation metrics during training)
 
     def __init__(self, cfg: TrainConfig, manifest: dict[str, Any], data_dir: Path) -> None:
         self.cfg = cfg

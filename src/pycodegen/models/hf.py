@@ -51,6 +51,7 @@ def new_causal_lm(model_type: str, tokenizer: Any, args: dict[str, Any]) -> torc
 class HFCausalFamily(Family):
     name = "hf-causal"
     views = ("docstring-to-body", "instruction", "lm-windows")
+    generates = True
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -139,3 +140,97 @@ class HFCausalFamily(Family):
             "model": self.cfg.model,
             "model_type": getattr(config, "model_type", None),
         }
+
+
+@register
+class HFSeq2SeqFamily(Family):
+    """T5/CodeT5+-shaped encoder-decoders: a local directory, or `new:t5` sized by model_args.
+
+    The HUST setting (decoder frozen except cross-attention) is `freeze: ["^decoder\\\\."]` with
+    `unfreeze: ["EncDecAttention"]`.
+    """
+
+    name = "hf-seq2seq"
+    views = ("docstring-to-body", "instruction")
+    generates = True
+
+    def setup(self) -> None:
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        ref = self.cfg.model
+        if ref is None:
+            raise ConfigError("hf-seq2seq needs --model: a local T5/CodeT5+ directory or new:t5")
+        if ref.startswith(NEW_PREFIX):
+            if ref != "new:t5":
+                raise ConfigError(f"new encoder-decoders can be new:t5, not {ref!r}")
+            self.tokenizer = AutoTokenizer.from_pretrained(self.data_dir / "tokenizer")
+            sizes = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
+            config = AutoConfig.for_model(
+                "t5",
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                decoder_start_token_id=self.tokenizer.pad_token_id,
+                **{**sizes, **self.cfg.model_args},
+            )
+            self.model = AutoModelForSeq2SeqLM.from_config(config)
+        else:
+            from pycodegen.models.zoo import materialize, resolve_model
+
+            directory = materialize(resolve_model(ref))
+            self.tokenizer = AutoTokenizer.from_pretrained(directory)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(directory)
+        self.model.train()
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    lora_targets = LORA_TARGETS["t5"]
+
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        limit = self.cfg.max_length
+        src = self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"][:limit]
+        tgt = self.tokenizer(row["target"], add_special_tokens=False)["input_ids"] + [
+            self.tokenizer.eos_token_id
+        ]
+        return {"input_ids": src, "labels": tgt[:limit]}
+
+    def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        def pad(key: str, value: int) -> torch.Tensor:
+            width = max(len(e[key]) for e in examples)
+            return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples])
+
+        ids = pad("input_ids", self.pad_id)
+        return {
+            "input_ids": ids,
+            "attention_mask": (ids != self.pad_id).long(),
+            "labels": pad("labels", -100),
+        }
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss  # decoder inputs are the labels shifted right, as T5 does
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    load_weights = HFCausalFamily.load_weights
+
+    @torch.no_grad()
+    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+        was_training = model.training
+        model.eval()
+        outs = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            out = model.generate(
+                input_ids=ids[:, : self.cfg.max_length], max_new_tokens=max_new_tokens, do_sample=False
+            )
+            outs.append(self.tokenizer.decode(out[0], skip_special_tokens=True))
+        model.train(was_training)
+        return outs
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.name, "model": self.cfg.model, "model_type": "t5"}

@@ -186,6 +186,7 @@ def _until(ids: list[int], eos: int) -> list[int]:
 class Seq2SeqFamily(Family):
     name = "seq2seq"
     views = ("docstring-to-body", "instruction")
+    generates = True
 
     def setup(self) -> None:
         from transformers import AutoTokenizer

@@ -207,9 +207,27 @@ class Trainer:
             tokens += n
         mean = losses / max(1, tokens)
         result = {"valid_loss": mean, "valid_perplexity": math.exp(min(mean, 50))}
-        result.update(self.family.evaluate(self.accelerator.unwrap_model(model), self.valid_rows))
+        unwrapped = self.accelerator.unwrap_model(model)
+        result.update(self.family.evaluate(unwrapped, self.valid_rows))
+        dev = [r for r in self.valid_rows if "prompt" in r][: self.cfg.eval_samples]
+        if self.family.generates and dev and self.accelerator.is_main_process:
+            from pycodegen.train.evalgen import generation_metrics
+
+            result.update(generation_metrics(self.family, unwrapped, dev, self.cfg.eval_max_new_tokens))
         model.train()
         return result
+
+    def best_metric(self) -> tuple[str, bool]:
+        """(metric, higher is better) for choosing the best checkpoint."""
+        name = self.cfg.best_metric
+        if name == "auto":
+            has_tests = any(r.get("tests") for r in self.valid_rows[: self.cfg.eval_samples])
+            name = (
+                "dev_pass@1"
+                if has_tests and self.family.generates and self.cfg.eval_samples
+                else "valid_loss"
+            )
+        return name, not name.endswith(("loss", "perplexity"))
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -246,7 +264,8 @@ class Trainer:
         self.scheduler = scheduler
         self.out.mkdir(parents=True, exist_ok=True)
         step, epoch, position = 0, 0, 0
-        best: dict[str, Any] = {"metric": "valid_loss", "value": None, "step": None}
+        metric, higher = self.best_metric()
+        best: dict[str, Any] = {"metric": metric, "higher_is_better": higher, "value": None, "step": None}
         if cfg.resume:
             found = self.checkpoints()
             if not found:
@@ -344,8 +363,17 @@ class Trainer:
                     evaluation = self.validate()
                     if evaluation:
                         log({"step": step, **evaluation})
-                        if best["value"] is None or evaluation[best["metric"]] < best["value"]:
-                            best = {**best, "value": evaluation[best["metric"]], "step": step}
+                        value = evaluation.get(best["metric"])
+                        if value is None:
+                            raise ConfigError(
+                                f"best_metric {best['metric']!r} is not among the validation "
+                                f"metrics: {', '.join(sorted(evaluation))}"
+                            )
+                        previous = best["value"]
+                        if previous is None or (
+                            value > previous if best["higher_is_better"] else value < previous
+                        ):
+                            best = {**best, "value": value, "step": step}
                             state["best"] = best
                             self.save(step, state, name="best")
                 if step % cfg.save_every == 0:
