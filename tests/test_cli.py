@@ -24,7 +24,17 @@ def pycodegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 
 def test_verbs_are_the_documented_ones() -> None:
-    assert list(VERBS) == ["prepare", "train", "generate", "evaluate", "serve", "run", "report", "search"]
+    assert list(VERBS) == [
+        "prepare",
+        "train",
+        "generate",
+        "evaluate",
+        "serve",
+        "run",
+        "report",
+        "search",
+        "export",
+    ]
 
 
 @pytest.mark.parametrize("verb", list(VERBS))

@@ -497,13 +497,72 @@ def test_hf_seq2seq_t5_with_the_hust_freeze(functions: Path, tmp_path: Path) -> 
 
 def test_generation_metrics_and_best_checkpoint_by_pass_at_1(shared_data: Path, tmp_path: Path) -> None:
     data = tmp_path / "mbpp"
-    prepare(PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=data, task="instruction", train_tokenizer=True,
-                          vocab_size=800, valid_fraction=0.1, test_fraction=0.0), QUIET)
-    summary = train(TrainConfig(family="hf-causal", data=data, out=tmp_path / "run", model="new:gpt2", max_steps=4,
-                                batch_size=8, eval_every=2, eval_samples=2, eval_max_new_tokens=16,
-                                model_args={"n_layer": 1, "n_embd": 32}), QUIET)
+    prepare(
+        PrepareConfig(
+            source=str(shared_data / "mbpp.jsonl"),
+            out=data,
+            task="instruction",
+            train_tokenizer=True,
+            vocab_size=800,
+            valid_fraction=0.1,
+            test_fraction=0.0,
+        ),
+        QUIET,
+    )
+    summary = train(
+        TrainConfig(
+            family="hf-causal",
+            data=data,
+            out=tmp_path / "run",
+            model="new:gpt2",
+            max_steps=4,
+            batch_size=8,
+            eval_every=2,
+            eval_samples=2,
+            eval_max_new_tokens=16,
+            model_args={"n_layer": 1, "n_embd": 32},
+        ),
+        QUIET,
+    )
     evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open()) if "valid_loss" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert all({"dev_pass@1", "dev_bleu", "dev_codebleu"} <= set(r) for r in evals)
     assert summary["best"]["metric"] == "dev_pass@1" and summary["best"]["higher_is_better"]
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_lora_merge_and_export_gives_the_same_model(functions: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pycodegen.models.hf import HFCausalFamily
+    from pycodegen.train.export import export
+
+    cfg = TrainConfig(
+        family="hf-causal",
+        data=functions,
+        out=tmp_path / "run",
+        model="new:llama",
+        mode="lora",
+        max_steps=4,
+        batch_size=4,
+        lr=1e-2,
+        model_args={"hidden_size": 32, "intermediate_size": 64},
+    )
+    train(cfg, QUIET)
+    merged_dir = export(tmp_path / "run" / "final", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert not (merged_dir / "adapter_config.json").exists()
+    torch.manual_seed(cfg.seed)
+    family = HFCausalFamily(cfg, {"task": "docstring-to-body"}, functions)
+    family.setup()
+    adapted = PeftModel.from_pretrained(family.model, tmp_path / "run" / "final").eval()
+    ids = torch.tensor([[1, 5, 9, 13, 20]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+    result = subprocess.run(
+        [sys.executable, "-m", "pycodegen", "export", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "not a pycodegen training checkpoint" in result.stderr

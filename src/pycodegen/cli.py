@@ -367,6 +367,22 @@ def search(
         print(f"{hit['score']:.3f}  {where}  {hit['signature']}")
 
 
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint directory (RUN/final, RUN/best, ...).")],
+    out: Annotated[Path, typer.Option(help="Where to write the plain HF-format model.")],
+) -> None:
+    """Export a training checkpoint as a plain HF-format directory, LoRA adapters merged into the weights.
+
+    [bold]Example[/]:
+
+        pycodegen export runs/train/lora/final --out runs/models/smollm2-mbpp
+        pycodegen generate --model runs/models/smollm2-mbpp -p "Write a function that reverses a list."
+    """
+    from pycodegen.train.export import export as run_export
+
+    console.print(f"[bold cyan]export[/] {checkpoint} → {run_export(checkpoint, out)}")
+
+
 def evaluate(
     samples: Annotated[Path | None, typer.Argument(help="samples.jsonl to score (or use --model).")] = None,
     out: Annotated[
@@ -478,6 +494,7 @@ VERBS: dict[str, Callable[..., Any]] = {
     "run": run,
     "report": report,
     "search": search,
+    "export": export,
 }
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 for _name, _func in VERBS.items():
