@@ -237,3 +237,10 @@ def test_out_dir_that_is_not_a_dataset_is_refused(tmp_path: Path) -> None:
 def test_whole_stdlib(tmp_path: Path) -> None:
     m = prepare(PrepareConfig(out=tmp_path / "std"))
     assert m["counts"]["files_read"] > 1000 and m["splits"]["train"]["rows"] > 5000
+
+
+def test_lm_windows_with_empty_splits(messy_tree: Path, tmp_path: Path) -> None:
+    m = prepare(PrepareConfig(source=str(messy_tree), out=tmp_path / "w", task="lm-windows", train_tokenizer=True,
+                              vocab_size=400, workers=1, valid_fraction=0, test_fraction=0))
+    assert m["splits"]["valid"]["rows"] == 0 and m["splits"]["train"]["rows"] > 0
+    assert (tmp_path / "w" / "valid.jsonl").read_text() == ""

@@ -396,6 +396,8 @@ class Preparer:
                 ]
             return rows
         rows = []
+        if not split_items:  # an empty split (e.g. --valid-fraction 0): nothing to tokenize
+            return rows
         eos = tokenizer.eos_token_id
         if eos is None:
             raise ConfigError("lm-windows needs a tokenizer with an EOS token")
