@@ -104,9 +104,9 @@ def test_run_resumes_finished_stages(tmp_path: Path, messy_tree: Path) -> None:
 
 def test_run_refuses_unbuilt_stages(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: t\ntrain: {family: seq2seq}\n")
+    recipe.write_text("name: t\nserve: {port: 8000}\n")
     result = pycodegen("run", str(recipe))
-    assert result.returncode == 2 and "model training is not built yet" in result.stderr
+    assert result.returncode == 2 and "serving is not built yet" in result.stderr
 
 
 def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
@@ -132,3 +132,18 @@ def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
     assert results["metrics"]["samples"] == 3 and results["metrics"]["pass@1"] == 1.0
     second = pycodegen("run", str(recipe))
     assert second.returncode == 0 and "evaluate is up to date" in second.stderr
+
+
+def test_run_prepare_then_train(tmp_path: Path, messy_tree: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: t\nout: {tmp_path / 'run'}\nprepare:\n  source: {messy_tree}\n  task: char-stream\n  workers: 1\n"
+        "  valid_fraction: 0.2\ntrain:\n  family: char-rnn\n  max_steps: 3\n  batch_size: 4\n"
+        "  model_args: {n_embd: 16, n_layer: 1}\n"
+    )
+    first = pycodegen("run", str(recipe))
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["family"] == "char-rnn"
+    second = pycodegen("run", str(recipe))
+    assert second.returncode == 0 and "train is up to date" in second.stderr

@@ -240,7 +240,17 @@ def test_whole_stdlib(tmp_path: Path) -> None:
 
 
 def test_lm_windows_with_empty_splits(messy_tree: Path, tmp_path: Path) -> None:
-    m = prepare(PrepareConfig(source=str(messy_tree), out=tmp_path / "w", task="lm-windows", train_tokenizer=True,
-                              vocab_size=400, workers=1, valid_fraction=0, test_fraction=0))
+    m = prepare(
+        PrepareConfig(
+            source=str(messy_tree),
+            out=tmp_path / "w",
+            task="lm-windows",
+            train_tokenizer=True,
+            vocab_size=400,
+            workers=1,
+            valid_fraction=0,
+            test_fraction=0,
+        )
+    )
     assert m["splits"]["valid"]["rows"] == 0 and m["splits"]["train"]["rows"] > 0
     assert (tmp_path / "w" / "valid.jsonl").read_text() == ""

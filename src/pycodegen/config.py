@@ -127,7 +127,7 @@ class TrainConfig(StrictModel):
     """`pycodegen train`: one accelerate-based loop for every model family."""
 
     family: str = Field(..., description="Model family: char-rnn, hf-causal, ...")
-    data: Path = Field(..., description="A dataset directory from `pycodegen prepare`.")
+    data: Path = Field(Path("runs/data"), description="A dataset directory from `pycodegen prepare`.")
     out: Path = Field(Path("runs/train"), description="Run directory: checkpoints, metrics.jsonl.")
     model: str | None = Field(None, description="Zoo name, local dir, a checkpoint, or new:gpt2 / new:llama.")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Family/architecture sizes.")
@@ -177,7 +177,7 @@ class RecipeConfig(StrictModel):
     out: Path = Field(Path("runs/recipe"), description="Run directory; stages write below it.")
     prepare: PrepareConfig | None = None
     generate: GenerateConfig | None = None
-    train: dict[str, Any] | None = Field(None, description="Reserved: training (not built yet).")
+    train: TrainConfig | None = None
     evaluate: EvaluateConfig | None = None
     serve: dict[str, Any] | None = Field(None, description="Reserved: serving (not built yet).")
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from pycodegen.config import RecipeConfig
 from pycodegen.errors import ConfigError
 
-NOT_BUILT = {"train": "model training", "serve": "serving"}
+NOT_BUILT = {"serve": "serving"}
 
 
 def _settings_hash(payload: dict) -> str:
@@ -61,6 +61,32 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
             finish("prepare", digest, settings)
         else:
             console.print(f"[bold cyan]run[/] prepare is up to date ({cfg.out})")
+        upstream = digest
+
+    if recipe.train is not None:
+        tr = recipe.train
+        updates: dict = {}
+        if "out" not in tr.model_fields_set:
+            updates["out"] = out / "train"
+        if "data" not in tr.model_fields_set and recipe.prepare is not None:
+            updates["data"] = recipe.prepare.out if "out" in recipe.prepare.model_fields_set else out / "data"
+        tr = tr.model_copy(update=updates)
+        settings = json.loads(tr.model_dump_json())
+        todo, digest = needed("train", settings)
+        if todo:
+            from pycodegen.train.loop import Trainer, train
+
+            console.rule(f"[bold]{recipe.name}: train")
+            # A run that was interrupted left checkpoints: continue it rather than start over.
+            resume = bool(Trainer(tr).checkpoints()) and not force
+            if force:
+                import shutil
+
+                shutil.rmtree(tr.out, ignore_errors=True)
+            train(tr.model_copy(update={"resume": resume}), console)
+            finish("train", digest, settings)
+        else:
+            console.print(f"[bold cyan]run[/] train is up to date ({tr.out})")
         upstream = digest
 
     if recipe.generate is not None:
