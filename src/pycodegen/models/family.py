@@ -66,6 +66,10 @@ class Family:
         """Mean cross-entropy over the label tokens of the batch."""
         raise NotImplementedError
 
+    def pack(self, examples: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+        """Training examples as batched (default: unchanged)."""
+        return examples
+
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens the batch trains on (for tokens/s and loss weighting)."""
         return int((batch["labels"] != -100).sum())

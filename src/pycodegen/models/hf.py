@@ -20,6 +20,29 @@ LORA_TARGETS = {
 NEW_PREFIX = "new:"
 
 
+def pack_windows(examples: list[dict[str, list[int]]], length: int) -> list[dict[str, list[int]]]:
+    """Pack short token sequences, in order, into examples of at most `length` tokens.
+
+    >>> ex = [{"input_ids": ids} for ids in ([1, 2, 3, 4], [5, 6], [7], [8, 9, 10])]
+    >>> [e["input_ids"] for e in pack_windows(ex, 4)]
+    [[1, 2, 3, 4], [5, 6, 7], [8, 9, 10]]
+    """
+    packed: list[dict[str, list[int]]] = []
+    buffer: list[int] = []
+    for e in examples:
+        ids = e["input_ids"]
+        if len(ids) >= length:
+            packed.append({"input_ids": ids, "labels": ids})
+            continue
+        if len(buffer) + len(ids) > length:
+            packed.append({"input_ids": buffer, "labels": buffer})
+            buffer = []
+        buffer = buffer + ids
+    if buffer:
+        packed.append({"input_ids": buffer, "labels": buffer})
+    return packed
+
+
 def new_causal_lm(model_type: str, tokenizer: Any, args: dict[str, Any]) -> torch.nn.Module:
     """A freshly initialised decoder-only model of an HF architecture, sized by `args`."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -69,7 +92,17 @@ class HFCausalFamily(Family):
         else:
             from pycodegen.models.zoo import load_causal_lm
 
-            self.model, self.tokenizer = load_causal_lm(ref)
+            quantization = None
+            if self.cfg.mode == "qlora":  # 4-bit NF4 weights, bf16 compute (Dettmers et al. 2023)
+                from transformers import BitsAndBytesConfig
+
+                quantization = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_compute_dtype=torch.bfloat16,
+                    bnb_4bit_use_double_quant=True,
+                )
+            self.model, self.tokenizer = load_causal_lm(ref, quantization=quantization)
             if self.manifest.get("task") == "lm-windows":
                 tok_dir = self.data_dir / "tokenizer"
                 data_tok = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else None
@@ -104,6 +137,13 @@ class HFCausalFamily(Family):
         ids = (prompt + target)[:limit]
         labels = ([-100] * len(prompt) + target)[:limit]  # no loss on the prompt
         return {"input_ids": ids, "labels": labels}
+
+    def pack(self, examples: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+        """LM windows: short windows (whole short files, each ending in EOS) are packed together into
+        full-length examples, so batches carry little padding; other views are left as they are."""
+        if self.manifest.get("task") != "lm-windows" or not examples:
+            return examples
+        return pack_windows(examples, max(len(e["input_ids"]) for e in examples))
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss

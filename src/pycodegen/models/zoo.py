@@ -152,14 +152,16 @@ def load_tokenizer(ref: str) -> Any:
     return AutoTokenizer.from_pretrained(materialize(resolve_model(ref)))
 
 
-def load_causal_lm(ref: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, tokenizer) for a decoder-only model reference, in eval mode (local files only)."""
+def load_causal_lm(ref: str, dtype: str = "float32", quantization: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) for a decoder-only model reference, in eval mode (local files only);
+    `quantization` is a transformers quantization config (QLoRA's 4-bit weights, CUDA only)."""
     _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory = materialize(resolve_model(ref))
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+    extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype), **extra)
     model.eval()
     return model, tokenizer

@@ -77,14 +77,11 @@ def apply_mode(
 ) -> torch.nn.Module:
     """LoRA / QLoRA via PEFT, and freezing by parameter-name pattern."""
     if cfg.mode == "qlora":
-        if device.type != "cuda":
-            raise ConfigError(
-                "QLoRA needs a CUDA GPU (4-bit weights through bitsandbytes); use --mode lora on CPU"
-            )
-        raise ConfigError(
-            "QLoRA: load the model in 4 bits with bitsandbytes on a CUDA machine (not built yet)"
-        )
-    if cfg.mode == "lora":
+        # The family loaded the weights in 4 bits (its `quantization_config`); LoRA makes them trainable.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    if cfg.mode in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.target_modules or family.lora_targets
@@ -239,13 +236,17 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        if cfg.mode == "qlora" and acc.device.type != "cuda":
+            raise ConfigError(
+                "QLoRA needs a CUDA GPU (4-bit weights through bitsandbytes); use --mode lora on CPU"
+            )
         manifest = read_manifest(cfg.data)
         self.family = get_family(cfg.family)(cfg, manifest, Path(cfg.data))
         self.family.setup()
         assert self.family.model is not None
         model = apply_mode(cfg, self.family, self.family.model, acc.device)
         counts = parameter_counts(model)
-        self.train_examples = [self.family.encode(r) for r in read_rows(cfg.data, "train")]
+        self.train_examples = self.family.pack([self.family.encode(r) for r in read_rows(cfg.data, "train")])
         self.valid_rows = read_rows(cfg.data, "valid")
         self.valid_examples = [self.family.encode(r) for r in self.valid_rows]
         if len(self.train_examples) < cfg.batch_size * acc.num_processes:
@@ -345,7 +346,8 @@ class Trainer:
                 step += 1
                 window_tokens += tokens * acc.num_processes
                 window_compute += time.perf_counter() - step_start
-                progress.update(bar, advance=1, status=f"loss {float(loss_tensor):.4f}")
+                rate = window_tokens / max(window_compute, 1e-9)
+                progress.update(bar, advance=1, status=f"loss {float(loss_tensor):.4f} · {rate:,.0f} tok/s")
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     log(
                         {
