@@ -137,7 +137,8 @@ def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
 def test_run_prepare_then_train(tmp_path: Path, messy_tree: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        f"name: t\nout: {tmp_path / 'run'}\nprepare:\n  source: {messy_tree}\n  task: char-stream\n  workers: 1\n"
+        f"name: t\nout: {tmp_path / 'run'}\nprepare:\n  source: {messy_tree}\n  task: char-stream\n"
+        "  workers: 1\n"
         "  valid_fraction: 0.2\ntrain:\n  family: char-rnn\n  max_steps: 3\n  batch_size: 4\n"
         "  model_args: {n_embd: 16, n_layer: 1}\n"
     )
