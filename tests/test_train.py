@@ -566,3 +566,22 @@ def test_lora_merge_and_export_gives_the_same_model(functions: Path, tmp_path: P
         text=True,
     )
     assert result.returncode == 2 and "not a pycodegen training checkpoint" in result.stderr
+
+
+@pytest.mark.slow
+def test_lora_on_the_embedded_model(shared_data: Path, tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct with LoRA on MBPP instructions: a few real steps, then merged and reloaded."""
+    from pycodegen.models.zoo import load_causal_lm
+    from pycodegen.train.export import export
+
+    data = tmp_path / "mbpp"
+    prepare(PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=data, task="instruction",
+                          valid_fraction=0.05, test_fraction=0.0), QUIET)
+    summary = train(TrainConfig(family="hf-causal", data=data, out=tmp_path / "run", mode="lora", max_steps=6,
+                                batch_size=4, lr=1e-3, log_every=1, dtype="bf16", max_length=192, eval_every=6,
+                                eval_samples=2, eval_max_new_tokens=32), QUIET)
+    assert 0 < summary["parameters"]["trainable_share"] < 0.05
+    assert "dev_pass@1" in summary and summary["best"]["metric"] == "dev_pass@1"
+    merged = export(tmp_path / "run" / "final", tmp_path / "merged")
+    model, tokenizer = load_causal_lm(str(merged))
+    assert model.config.model_type == "llama" and len(tokenizer) > 1000
