@@ -575,11 +575,34 @@ def test_lora_on_the_embedded_model(shared_data: Path, tmp_path: Path) -> None:
     from pycodegen.train.export import export
 
     data = tmp_path / "mbpp"
-    prepare(PrepareConfig(source=str(shared_data / "mbpp.jsonl"), out=data, task="instruction",
-                          valid_fraction=0.05, test_fraction=0.0), QUIET)
-    summary = train(TrainConfig(family="hf-causal", data=data, out=tmp_path / "run", mode="lora", max_steps=6,
-                                batch_size=4, lr=1e-3, log_every=1, dtype="bf16", max_length=192, eval_every=6,
-                                eval_samples=2, eval_max_new_tokens=32), QUIET)
+    prepare(
+        PrepareConfig(
+            source=str(shared_data / "mbpp.jsonl"),
+            out=data,
+            task="instruction",
+            valid_fraction=0.05,
+            test_fraction=0.0,
+        ),
+        QUIET,
+    )
+    summary = train(
+        TrainConfig(
+            family="hf-causal",
+            data=data,
+            out=tmp_path / "run",
+            mode="lora",
+            max_steps=6,
+            batch_size=4,
+            lr=1e-3,
+            log_every=1,
+            dtype="bf16",
+            max_length=192,
+            eval_every=6,
+            eval_samples=2,
+            eval_max_new_tokens=32,
+        ),
+        QUIET,
+    )
     assert 0 < summary["parameters"]["trainable_share"] < 0.05
     assert "dev_pass@1" in summary and summary["best"]["metric"] == "dev_pass@1"
     merged = export(tmp_path / "run" / "final", tmp_path / "merged")
