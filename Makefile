@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/prepare_bench.py
 	$(PY) bench/executor_bench.py
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache
