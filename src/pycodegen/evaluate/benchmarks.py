@@ -93,7 +93,7 @@ def _humaneval_problem(row: dict) -> Problem:
         test=row["test"],
         check="check",
         canonical_solution=row.get("canonical_solution"),
-        reference=(row["prompt"] + row["canonical_solution"]) if row.get("canonical_solution") else None,
+        reference=row.get("canonical_solution"),
         examples=docstring_examples(row["prompt"]),
     )
 
@@ -199,6 +199,34 @@ def program_for(problem: Problem, completion: str) -> str:
     if defines(completion, problem.entry_point):
         return problem.prompt + "    pass\n\n" + completion
     return problem.prompt + completion
+
+
+def generated_code(problem: Problem, completion: str) -> str:
+    """What the model wrote for a problem, without the prompt: for HumanEval style, the body of the entry
+    point (text metrics would otherwise be dominated by the prompt both sides share).
+
+    >>> p = Problem("t", "def f(x):\\n", "", "f", "", None, "    return x\\n", "    return x\\n")
+    >>> generated_code(p, "def f(x):\\n    y = x\\n    return y\\n")
+    '    y = x\\n    return y\\n'
+    >>> generated_code(p, "def f(x:\\n    return (")
+    'def f(x:\\n    return ('
+    """
+    if problem.style == "mbpp":
+        return completion
+    try:
+        tree = ast.parse(completion)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return completion  # what the model wrote, as it is
+    if not defines(completion, problem.entry_point):
+        return completion
+    node = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == problem.entry_point
+    )
+    body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
+    lines = completion.splitlines(keepends=True)
+    return "".join(lines[body[0].lineno - 1 : node.end_lineno])
 
 
 def job_for(problem: Problem, completion: str, sample_index: int) -> Job:

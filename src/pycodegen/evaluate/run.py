@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pycodegen.config import EvaluateConfig
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate import metrics
-from pycodegen.evaluate.benchmarks import Problem, example_job_for, job_for, load_problems, program_for
+from pycodegen.evaluate.benchmarks import Problem, example_job_for, generated_code, job_for, load_problems
 from pycodegen.evaluate.executor import OUTCOMES, Executor, Job, Limits, Verdict
 from pycodegen.evaluate.postprocess import HUMANEVAL_STOPS, postprocess
 
@@ -253,9 +253,10 @@ def compute_metrics(
     if examples:
         result.update(metrics.filtered_pass_at_1(filtered))
     result["outcomes"] = {o: 0 for o in OUTCOMES} | dict(Counter(v["outcome"] for v in verdicts.values()))
-    # Text metrics: the first sample of each task (the greedy answer when n = 1) against the reference.
+    # Text metrics: the first sample of each task (the greedy answer when n = 1), what the model wrote
+    # (for HumanEval, the body), against the reference (the canonical body; MBPP: the reference program).
     pairs = [
-        (program_for(problems[t], rows[0]["completion"]), problems[t].reference)
+        (generated_code(problems[t], rows[0]["completion"]), problems[t].reference)
         for t, rows in by_task.items()
         if problems[t].reference
     ]
