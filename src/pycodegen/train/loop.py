@@ -257,9 +257,11 @@ class Trainer:
         steps_per_epoch = (
             len(self.train_examples) // (cfg.batch_size * acc.num_processes * cfg.grad_accum) or 1
         )
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:  # the fused kernel (CPU and CUDA in recent torch) is what transformers.Trainer uses by default
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError):
+            optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = scheduler
@@ -322,8 +324,8 @@ class Trainer:
         with progress:
             bar = progress.add_task("train", total=cfg.max_steps, completed=step, status="")
             while step < cfg.max_steps:
-                step_start = time.perf_counter()
                 batches, epoch, position = self.micro_batches(epoch, position)
+                step_start = time.perf_counter()  # tokens/s: forward, backward and optimizer step
                 total_loss, tokens = 0.0, 0
                 for batch in batches:
                     batch = {k: v.to(acc.device) for k, v in batch.items()}
