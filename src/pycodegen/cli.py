@@ -38,6 +38,21 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _read_config(config: Path | None) -> dict[str, Any]:
+    """The settings in a `--config` YAML file (empty without one); errors name the file."""
+    import yaml
+
+    if config is None:
+        return {}
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise PycodegenError(f"cannot read {config}: {exc}") from None
+    if not isinstance(data, dict):
+        raise PycodegenError(f"{config}: expected a mapping of setting names to values")
+    return data
+
+
 def _given(**flags: Any) -> dict[str, Any]:
     """Only the flags the user set, so config defaults (and recipe values) stay in charge otherwise."""
     return {k: v for k, v in flags.items() if v is not None and v != []}
@@ -103,17 +118,11 @@ def prepare(
         pycodegen prepare --source ../shared/data/mbpp.jsonl --task instruction \
             --require-parse --out runs/data/mbpp
     """
-    import yaml
 
     from pycodegen.config import PrepareConfig, parse_config
     from pycodegen.data.prepare import prepare as run_prepare
 
-    base: dict[str, Any] = {}
-    if config is not None:
-        try:
-            base = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PycodegenError(f"cannot read {config}: {exc}") from None
+    base = _read_config(config)
     flags = _given(
         source=source,
         format=format,
@@ -306,12 +315,7 @@ def train(
     from pycodegen.config import TrainConfig, parse_config
     from pycodegen.train.loop import train as run_train
 
-    base: dict[str, Any] = {}
-    if config is not None:
-        try:
-            base = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise PycodegenError(f"cannot read {config}: {exc}") from None
+    base = _read_config(config)
     args: dict[str, Any] = dict(base.get("model_args", {}))
     for item in model_arg or []:
         key, sep, value = item.partition("=")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pycodegen.data.tokenizers import CharVocab
-from pycodegen.models.family import Family, register, save_json
+from pycodegen.models.family import Family, register, save_module
 
 
 class CharRNN(nn.Module):
@@ -75,14 +75,7 @@ class CharRNNFamily(Family):
         )
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            str(directory / "model.safetensors"),
-        )
-        save_json(directory / "config.json", model.config)
+        save_module(model, directory)
         self.vocab.save(directory / "vocab.json")
 
     @torch.no_grad()

@@ -104,6 +104,16 @@ def save_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def save_module(model: torch.nn.Module, directory: Path) -> None:
+    """A pycodegen-native model as an HF-style directory: model.safetensors + config.json (its `config`)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    save_json(directory / "config.json", model.config)  # type: ignore[arg-type]
+
+
 FAMILIES: dict[str, type[Family]] = {}
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from pycodegen.errors import ConfigError
 from pycodegen.evaluate.metrics import mean_reciprocal_rank
-from pycodegen.models.family import Family, register, save_json
+from pycodegen.models.family import Family, register, save_module
 
 WORD = re.compile(r"[A-Za-z]+|\d+")
 CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
@@ -151,14 +151,7 @@ class RetrievalFamily(Family):
         }
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            str(directory / "model.safetensors"),
-        )
-        save_json(directory / "config.json", model.config)
+        save_module(model, directory)
         (directory / "vocab.json").write_text(json.dumps(self.vocab))
 
     def describe(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
-from pycodegen.models.family import Family, register, save_json
+from pycodegen.models.family import Family, register, save_module
 
 DEFAULTS = {
     "d_model": 256,
@@ -244,12 +244,7 @@ class Seq2SeqFamily(Family):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"))
-        save_json(directory / "config.json", model.config)
+        save_module(model, directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
 
     @torch.no_grad()
