@@ -382,9 +382,12 @@ class Trainer:
                             self.save(step, state, name="best")
                 if step % cfg.save_every == 0:
                     last_good = self.save(step, state)
-                if budget is not None and time.perf_counter() - started >= budget:
-                    stop_reason = "budget"
-                    break
+                if budget is not None:
+                    # Every rank must stop at the same step: the decision is reduced across processes.
+                    over = torch.tensor(float(time.perf_counter() - started >= budget), device=acc.device)
+                    if float(acc.reduce(over, "sum")) > 0:
+                        stop_reason = "budget"
+                        break
         state = {"step": step, "epoch": epoch, "position": position, "best": best}
         final_eval = self.validate()
         if final_eval and step % cfg.eval_every != 0:
