@@ -104,13 +104,75 @@ def plain_trainer(trainer: Any, cfg: TrainConfig, warmup: int, steps: int) -> fl
     return sum(timed_tokens) / sum(times)
 
 
+SETUPS = {
+    "seq2seq": ("seq2seq (6+6 layers, d_model 256)", {"family": "seq2seq", "data": "pairs"}, 6, False),
+    "gpt2": (
+        "gpt2 from scratch (6 layers, 384)",
+        {
+            "family": "hf-causal",
+            "data": "windows",
+            "model": "new:gpt2",
+            "model_args": {"n_layer": 6, "n_embd": 384, "n_head": 6},
+        },
+        6,
+        True,
+    ),
+    "lora": (
+        "SmolLM2-135M LoRA r=8 q/k/v/o",
+        {"family": "hf-causal", "data": "windows-smol", "model": "smollm2-135m-instruct", "mode": "lora"},
+        4,
+        True,
+    ),
+}
+
+
+def measure_one(root: Path, setup: str, dtype: str, side: str, args: argparse.Namespace) -> dict:
+    """One measurement, in a process of its own (no kernel caches or allocator state from another run)."""
+    _, spec, _, _ = SETUPS[setup]
+    common = {
+        "max_steps": args.warmup + args.steps,
+        "batch_size": args.batch,
+        "log_every": 1,
+        "save_every": 10**6,
+        "eval_every": 10**6,
+        "max_length": args.seq,
+        "schedule": "constant",
+        "eval_samples": 0,
+    }
+    spec = {**spec, "data": root / spec["data"]}
+    cfg = TrainConfig(out=root / f"run-{setup}-{dtype}-{side}-{os.getpid()}", dtype=dtype, **common, **spec)
+    if side == "pycodegen":
+        tps, trainer = ours(cfg, args.warmup)
+        return {"tokens_per_s": tps, "parameters": sum(p.numel() for p in trainer.family.model.parameters())}
+    # transformers.Trainer needs the family's examples: set them up without training
+    trainer = Trainer(cfg, QUIET)
+    from pycodegen.data.prepare import read_manifest
+    from pycodegen.models.family import get_family
+    from pycodegen.train.loop import read_rows
+
+    trainer.family = get_family(cfg.family)(cfg, read_manifest(cfg.data), Path(cfg.data))
+    trainer.family.setup()
+    trainer.train_examples = trainer.family.pack(
+        [trainer.family.encode(r) for r in read_rows(cfg.data, "train")]
+    )
+    return {"tokens_per_s": plain_trainer(trainer, cfg, args.warmup, args.steps)}
+
+
 def main() -> None:
+    import subprocess
+    import sys
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--one", nargs=4, metavar=("ROOT", "SETUP", "DTYPE", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        root, setup, dtype, side = args.one
+        print("RESULT " + json.dumps(measure_one(Path(root), setup, dtype, side, args)))
+        return
     torch.manual_seed(0)
     peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
     print(
@@ -162,48 +224,40 @@ def main() -> None:
             ),
             QUIET,
         )
-        common = {
-            "max_steps": args.warmup + args.steps,
-            "batch_size": args.batch,
-            "log_every": 1,
-            "save_every": 10**6,
-            "eval_every": 10**6,
-            "max_length": args.seq,
-            "schedule": "constant",
-            "eval_samples": 0,
-        }
-        setups = [
-            ("seq2seq (6+6 layers, d_model 256)", dict(family="seq2seq", data=root / "pairs"), 6, False),
-            (
-                "gpt2 from scratch (6 layers, 384)",
-                dict(
-                    family="hf-causal",
-                    data=root / "windows",
-                    model="new:gpt2",
-                    model_args={"n_layer": 6, "n_embd": 384, "n_head": 6},
-                ),
-                6,
-                True,
-            ),
-            (
-                "SmolLM2-135M LoRA r=8 q/k/v/o",
-                dict(
-                    family="hf-causal", data=root / "windows-smol", model="smollm2-135m-instruct", mode="lora"
-                ),
-                4,
-                True,
-            ),
-        ]
-        print(f"batch {args.batch} x {args.seq} tokens; {args.warmup} warm-up + {args.steps} timed steps")
-        for name, spec, flops_per_param, compare in setups:
+        print(
+            f"batch {args.batch} x {args.seq} tokens; {args.warmup} warm-up + {args.steps} timed steps; "
+            "each figure from a fresh process"
+        )
+
+        def run(setup: str, dtype: str, side: str) -> dict:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(root),
+                setup,
+                dtype,
+                side,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--batch",
+                str(args.batch),
+                "--seq",
+                str(args.seq),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:])
+
+        for setup, (name, _, flops_per_param, compare) in SETUPS.items():
             for dtype in ("fp32", "bf16"):
-                cfg = TrainConfig(out=root / f"run-{len(os.listdir(root))}", dtype=dtype, **common, **spec)
-                tps, trainer = ours(cfg, args.warmup)
-                params = sum(p.numel() for p in trainer.family.model.parameters())
-                mfu = tps * flops_per_param * params / peaks[dtype]
+                mine = run(setup, dtype, "pycodegen")
+                tps = mine["tokens_per_s"]
+                mfu = tps * flops_per_param * mine["parameters"] / peaks[dtype]
                 line = f"{name:36s} {dtype}: pycodegen {tps:8.0f} tok/s, MFU {100 * mfu:5.1f}%"
                 if compare:
-                    theirs = plain_trainer(trainer, cfg, args.warmup, args.steps)
+                    theirs = run(setup, dtype, "transformers")["tokens_per_s"]
                     line += f"; transformers.Trainer {theirs:8.0f} tok/s; ratio {tps / theirs:.2f}x"
                 print(line, flush=True)
 
