@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -35,93 +37,64 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
     ran: list[str] = []
     upstream = ""  # a changed earlier stage invalidates the later ones
 
-    def needed(name: str, settings: dict) -> tuple[bool, str]:
+    def stage(name: str, cfg: Any, action: Callable[[Any], object]) -> None:
+        """Run one stage unless its marker matches its settings and every earlier stage's."""
+        nonlocal upstream
+        settings = json.loads(cfg.model_dump_json())
         digest = _settings_hash({"settings": settings, "upstream": upstream})
         marker = markers / f"{name}.json"
-        done = marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest
-        return force or not done, digest
-
-    def finish(name: str, digest: str, settings: dict) -> None:
-        (markers / f"{name}.json").write_text(
-            json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
-        )
-        ran.append(name)
-
-    if recipe.prepare is not None:
-        cfg = recipe.prepare
-        if "out" not in cfg.model_fields_set:
-            cfg = cfg.model_copy(update={"out": out / "data"})
-        settings = json.loads(cfg.model_dump_json())
-        todo, digest = needed("prepare", settings)
-        if todo:
-            from pycodegen.data.prepare import prepare
-
-            console.rule(f"[bold]{recipe.name}: prepare")
-            prepare(cfg, console)
-            finish("prepare", digest, settings)
+        if not force and marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
+            console.print(f"[bold cyan]run[/] {name} is up to date ({cfg.out})")
         else:
-            console.print(f"[bold cyan]run[/] prepare is up to date ({cfg.out})")
+            console.rule(f"[bold]{recipe.name}: {name}")
+            action(cfg)
+            marker.write_text(
+                json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
+            )
+            ran.append(name)
         upstream = digest
 
+    def defaults(cfg: Any, **values: Any) -> Any:
+        """`cfg` with `values` for the fields the recipe left unset."""
+        return cfg.model_copy(update={k: v for k, v in values.items() if k not in cfg.model_fields_set})
+
+    def run_prepare(cfg: Any) -> None:
+        from pycodegen.data.prepare import prepare
+
+        prepare(cfg, console)
+
+    def run_train(cfg: Any) -> None:
+        import shutil
+
+        from pycodegen.train.loop import Trainer, train
+
+        if force:
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        # A run that was interrupted left checkpoints: continue it rather than start over.
+        train(cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())}), console)
+
+    def run_generate(cfg: Any) -> None:
+        from pycodegen.generate.run import run_generate as generate
+
+        if not cfg.prompt:
+            raise ConfigError(f"recipe {recipe.name!r}: generate needs at least one prompt")
+        generate(cfg, console, echo=True)
+
+    def run_evaluate(cfg: Any) -> None:
+        from pycodegen.evaluate.run import run_evaluation
+
+        run_evaluation(cfg, console)
+
+    prepared = defaults(recipe.prepare, out=out / "data") if recipe.prepare is not None else None
+    if prepared is not None:
+        stage("prepare", prepared, run_prepare)
     if recipe.train is not None:
-        tr = recipe.train
-        updates: dict = {}
-        if "out" not in tr.model_fields_set:
-            updates["out"] = out / "train"
-        if "data" not in tr.model_fields_set and recipe.prepare is not None:
-            updates["data"] = recipe.prepare.out if "out" in recipe.prepare.model_fields_set else out / "data"
-        tr = tr.model_copy(update=updates)
-        settings = json.loads(tr.model_dump_json())
-        todo, digest = needed("train", settings)
-        if todo:
-            from pycodegen.train.loop import Trainer, train
-
-            console.rule(f"[bold]{recipe.name}: train")
-            # A run that was interrupted left checkpoints: continue it rather than start over.
-            resume = bool(Trainer(tr).checkpoints()) and not force
-            if force:
-                import shutil
-
-                shutil.rmtree(tr.out, ignore_errors=True)
-            train(tr.model_copy(update={"resume": resume}), console)
-            finish("train", digest, settings)
-        else:
-            console.print(f"[bold cyan]run[/] train is up to date ({tr.out})")
-        upstream = digest
-
+        data = {"data": prepared.out} if prepared is not None else {}
+        stage("train", defaults(recipe.train, out=out / "train", **data), run_train)
     if recipe.generate is not None:
-        gen = recipe.generate
-        if "out" not in gen.model_fields_set:
-            gen = gen.model_copy(update={"out": out / "samples.jsonl"})
-        settings = json.loads(gen.model_dump_json())
-        todo, digest = needed("generate", settings)
-        if todo:
-            from pycodegen.generate.run import run_generate
-
-            console.rule(f"[bold]{recipe.name}: generate")
-            if not gen.prompt:
-                raise ConfigError(f"recipe {recipe.name!r}: generate needs at least one prompt")
-            run_generate(gen, console, echo=True)
-            finish("generate", digest, settings)
-        else:
-            console.print(f"[bold cyan]run[/] generate is up to date ({gen.out})")
-        upstream = digest
-
+        stage("generate", defaults(recipe.generate, out=out / "samples.jsonl"), run_generate)
     if recipe.evaluate is not None:
-        ev = recipe.evaluate
-        if "out" not in ev.model_fields_set:
-            ev = ev.model_copy(update={"out": out / "eval"})
-        settings = json.loads(ev.model_dump_json())
-        todo, digest = needed("evaluate", settings)
-        if todo:
-            from pycodegen.evaluate.run import run_evaluation
-
-            console.rule(f"[bold]{recipe.name}: evaluate")
-            run_evaluation(ev, console)
-            finish("evaluate", digest, settings)
-        else:
-            console.print(f"[bold cyan]run[/] evaluate is up to date ({ev.out})")
-        upstream = digest
+        stage("evaluate", defaults(recipe.evaluate, out=out / "eval"), run_evaluate)
     if not ran:
         console.print(f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)")
     return ran

@@ -47,16 +47,12 @@ class Family:
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         """Right-pad a list of encoded examples into tensors."""
-        width = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            ids[i, :n] = torch.tensor(e["input_ids"])
-            labels[i, :n] = torch.tensor(e["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        lengths = torch.tensor([len(e["input_ids"]) for e in examples])
+        ids = pad_field(examples, "input_ids", self.pad_id)
+        mask = (
+            torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        ).long()  # not ids != pad: pad may be EOS
+        return {"input_ids": ids, "labels": pad_field(examples, "labels", -100), "attention_mask": mask}
 
     @property
     def pad_id(self) -> int:
@@ -98,6 +94,16 @@ class Family:
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.name}
+
+
+def pad_field(examples: list[dict[str, list[int]]], key: str, value: int) -> torch.Tensor:
+    """The `key` lists of a batch, right-padded with `value` to the longest: (B, T).
+
+    >>> pad_field([{"x": [1, 2]}, {"x": [3]}], "x", 0).tolist()
+    [[1, 2], [3, 0]]
+    """
+    width = max(len(e[key]) for e in examples)
+    return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples])
 
 
 def save_json(path: Path, data: dict[str, Any]) -> None:

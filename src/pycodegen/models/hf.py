@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from pycodegen.errors import ConfigError
-from pycodegen.models.family import Family, register
+from pycodegen.models.family import Family, pad_field, register
 
 # Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
 LORA_TARGETS = {
@@ -237,15 +237,11 @@ class HFSeq2SeqFamily(Family):
         return {"input_ids": src, "labels": tgt[:limit]}
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        def pad(key: str, value: int) -> torch.Tensor:
-            width = max(len(e[key]) for e in examples)
-            return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples])
-
-        ids = pad("input_ids", self.pad_id)
+        ids = pad_field(examples, "input_ids", self.pad_id)
         return {
             "input_ids": ids,
             "attention_mask": (ids != self.pad_id).long(),
-            "labels": pad("labels", -100),
+            "labels": pad_field(examples, "labels", -100),
         }
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from pycodegen.errors import ConfigError
 from pycodegen.evaluate.metrics import mean_reciprocal_rank
-from pycodegen.models.family import Family, register, save_module
+from pycodegen.models.family import Family, pad_field, register, save_module
 
 WORD = re.compile(r"[A-Za-z]+|\d+")
 CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
@@ -110,11 +110,7 @@ class RetrievalFamily(Family):
         return {"query": self.ids(self.query_text(row)), "code": self.ids(self.code_text(row))}
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        def pad(key: str) -> torch.Tensor:
-            width = max(len(e[key]) for e in examples)
-            return torch.tensor([e[key] + [0] * (width - len(e[key])) for e in examples])
-
-        return {"query": pad("query"), "code": pad("code")}
+        return {"query": pad_field(examples, "query", 0), "code": pad_field(examples, "code", 0)}
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["query"] != 0).sum() + (batch["code"] != 0).sum())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
-from pycodegen.models.family import Family, register, save_module
+from pycodegen.models.family import Family, pad_field, register, save_module
 
 DEFAULTS = {
     "d_model": 256,
@@ -229,14 +229,10 @@ class Seq2SeqFamily(Family):
         return {"src": src, "tgt_in": [eos, *tgt[:-1]], "labels": tgt}  # EOS doubles as the start token
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        def pad(key: str, value: int) -> torch.Tensor:
-            width = max(len(e[key]) for e in examples)
-            return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples])
-
         return {
-            "src": pad("src", self.pad_id),
-            "tgt_in": pad("tgt_in", self.pad_id),
-            "labels": pad("labels", -100),
+            "src": pad_field(examples, "src", self.pad_id),
+            "tgt_in": pad_field(examples, "tgt_in", self.pad_id),
+            "labels": pad_field(examples, "labels", -100),
         }
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
