@@ -255,6 +255,61 @@ def test_new_gpt2_learns_with_prompt_masking(functions: Path, tmp_path: Path) ->
     assert reloaded.config.n_layer == 2
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_linear_cross_entropy_equals_the_plain_loss(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loss and gradients (hidden, weight, bias) as F.cross_entropy gives, with ignored labels, chunked."""
+    import torch.nn.functional as F
+
+    from pycodegen.train import fused_loss
+
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 7 * 101)  # 7 tokens per chunk: 16 chunks
+    torch.manual_seed(0)
+    h = torch.randn(3, 37, 16, requires_grad=True)
+    w = torch.randn(101, 16, requires_grad=True)
+    b = torch.randn(101, requires_grad=True)
+    y = torch.randint(0, 101, (3, 37))
+    y[0, :9] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        ref = F.cross_entropy(F.linear(h, w, b).float().flatten(0, 1), y.flatten())
+        out = fused_loss.linear_cross_entropy(h, w, y, b)
+    tol = 1e-5 if dtype == "fp32" else 2e-2
+    assert abs(float(out) - float(ref)) < tol * float(ref)
+    mine_all, theirs_all = torch.autograd.grad(3 * out, (h, w, b)), torch.autograd.grad(3 * ref, (h, w, b))
+    for mine, theirs in zip(mine_all, theirs_all, strict=True):
+        assert float((mine - theirs).abs().max()) <= tol * float(theirs.abs().max())
+    with torch.no_grad():  # evaluation: no gradient work, same value
+        assert abs(float(fused_loss.linear_cross_entropy(h, w, y, b)) - float(ref)) < 2e-2 * float(ref)
+    assert float(fused_loss.linear_cross_entropy(h, w, torch.full_like(y, -100))) == 0.0
+
+
+@pytest.mark.parametrize("shape", ["gpt2", "llama"])
+def test_fused_loss_matches_the_models_own_loss(shape: str, functions: Path, tmp_path: Path) -> None:
+    """hf-causal's fused loss = transformers' causal-LM loss, gradients included, on a padded batch
+    with prompt tokens masked (the DDP path goes through trainer.LossModule and is tested below)."""
+    from pycodegen.models.hf import HFCausalFamily
+
+    args = {"n_layer": 2, "n_embd": 32, "n_head": 2} if shape == "gpt2" else {"hidden_size": 32}
+    cfg = TrainConfig(
+        family="hf-causal", data=functions, out=tmp_path / "r", model=f"new:{shape}", model_args=args
+    )
+    family = HFCausalFamily(cfg, {"task": "docstring-to-body"}, functions)
+    family.setup()
+    model = family.model
+    assert model is not None and family.fused_parts(model) is not None
+    model.eval()  # no dropout: both losses see the same network
+    rows = [json.loads(x) for x in (functions / "train.jsonl").read_text().splitlines()[:4]]
+    batch = family.collate([family.encode(r) for r in rows])
+    assert not bool(batch["attention_mask"].all()) and bool((batch["labels"] == -100).any())
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = family.loss(model, batch)
+    fused_grads = torch.autograd.grad(fused, params)
+    reference = model(**batch).loss
+    reference_grads = torch.autograd.grad(reference, params)
+    assert abs(float(fused) - float(reference)) < 1e-5
+    for mine, theirs in zip(fused_grads, reference_grads, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-4)
+
+
 def test_lora_changes_only_adapter_weights(functions: Path, tmp_path: Path) -> None:
     cfg = TrainConfig(
         family="hf-causal",

@@ -10,6 +10,7 @@ import torch
 
 from pycodegen.errors import ConfigError
 from pycodegen.models.family import Family, pad_field, register
+from pycodegen.train.fused_loss import linear_cross_entropy
 
 # Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
 LORA_TARGETS = {
@@ -18,6 +19,9 @@ LORA_TARGETS = {
     "t5": ["q", "k", "v"],
 }
 NEW_PREFIX = "new:"
+# Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)` (no scaling or
+# soft-capping), so the loss can be fused with the output layer (pycodegen.train.fused_loss).
+FUSED_LOSS_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "starcoder2", "gpt_bigcode"}
 
 
 def pack_windows(examples: list[dict[str, list[int]]], length: int) -> list[dict[str, list[int]]]:
@@ -146,7 +150,35 @@ class HFCausalFamily(Family):
         return pack_windows(examples, max(len(e["input_ids"]) for e in examples))
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return model(**batch).loss
+        """Mean cross-entropy of each token's prediction of the next (HF's causal-LM loss).
+
+        With `fused_loss` (the default) on a supported architecture, the decoder runs alone and the
+        output layer and cross-entropy are computed together in chunks, never holding the batch's
+        full logits; otherwise the model's own loss."""
+        parts = self.fused_parts(model) if self.cfg.fused_loss else None
+        if parts is None:
+            return model(**batch).loss
+        decoder, head = parts
+        inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+        mask = batch.get("attention_mask")
+        if mask is not None and not bool(mask.all()):  # no mask at all lets SDPA take its causal kernel
+            inputs["attention_mask"] = mask
+        hidden = decoder(**inputs).last_hidden_state
+        # token t predicts label t + 1, as in transformers' ForCausalLMLoss
+        labels = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+        return linear_cross_entropy(hidden, head.weight, labels, head.bias)
+
+    @staticmethod
+    def fused_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+        """(decoder, output layer) when the loss can be fused with the output layer, else None."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+        config = getattr(base, "config", None)
+        if getattr(config, "model_type", None) not in FUSED_LOSS_TYPES:
+            return None
+        head = base.get_output_embeddings()
+        if type(head) is not torch.nn.Linear:  # e.g. LoRA on the output layer: the model's own loss
+            return None
+        return base.get_decoder(), head
 
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -105,6 +105,20 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
     return {"total": total, "trainable": trainable, "trainable_share": trainable / total if total else 0.0}
 
 
+class LossModule(torch.nn.Module):
+    """The model and its family's loss as one module. The trainer hands this to `accelerate.prepare`,
+    so that DDP/FSDP wrap the whole loss computation: a fused loss calls the model's decoder and output
+    layer separately, which would bypass a wrapper around the model alone."""
+
+    def __init__(self, family: Family, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.family_ref = [family]  # a list: the family is not a submodule
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.family_ref[0].loss(self.model, batch)
+
+
 class Trainer:
     """Runs one training configuration; `run()` returns a summary (also in OUT/summary.json)."""
 
@@ -120,13 +134,17 @@ class Trainer:
         ]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
+    def inner_model(self) -> torch.nn.Module:
+        """The model itself, without the DDP/FSDP wrapper and the loss module."""
+        return self.accelerator.unwrap_model(self.model).model
+
     def save(self, step: int, state: dict[str, Any], name: str | None = None) -> Path:
         acc = self.accelerator
         target = self.out / (name or f"checkpoint-{step}")
         if acc.is_main_process:
             partial = target.with_name(target.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            self.family.save(acc.unwrap_model(self.model), partial)
+            self.family.save(self.inner_model(), partial)
             torch.save(
                 {
                     **state,
@@ -151,7 +169,7 @@ class Trainer:
 
     def restore(self, directory: Path) -> dict[str, Any]:
         state = torch.load(directory / STATE_FILE, weights_only=False)
-        self.family.load_weights(self.accelerator.unwrap_model(self.model), directory)
+        self.family.load_weights(self.inner_model(), directory)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         random.setstate(state["rng"]["python"])
@@ -199,12 +217,12 @@ class Trainer:
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             n = self.family.count_tokens(batch)
             with self.autocast():
-                loss = self.family.loss(model, batch)
+                loss = model(**batch)
             losses += float(loss) * n
             tokens += n
         mean = losses / max(1, tokens)
         result = {"valid_loss": mean, "valid_perplexity": math.exp(min(mean, 50))}
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = self.inner_model()
         result.update(self.family.evaluate(unwrapped, self.valid_rows))
         dev = [r for r in self.valid_rows if "prompt" in r][: self.cfg.eval_samples]
         if self.family.generates and dev and self.accelerator.is_main_process:
@@ -263,7 +281,7 @@ class Trainer:
         except (RuntimeError, TypeError):
             optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch))
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer = acc.prepare(LossModule(self.family, model), optimizer)
         self.scheduler = scheduler
         self.out.mkdir(parents=True, exist_ok=True)
         step, epoch, position = 0, 0, 0
@@ -330,7 +348,7 @@ class Trainer:
                 for batch in batches:
                     batch = {k: v.to(acc.device) for k, v in batch.items()}
                     with self.autocast():
-                        loss = self.family.loss(self.model, batch) / cfg.grad_accum
+                        loss = self.model(**batch) / cfg.grad_accum
                     acc.backward(loss)
                     total_loss += float(loss.detach())
                     tokens += self.family.count_tokens(batch)
@@ -357,6 +375,7 @@ class Trainer:
                             "epoch": epoch,
                             "loss": round(float(loss_tensor), 6),
                             "lr": self.scheduler.get_last_lr()[0],
+                            "tokens": window_tokens,
                             "tokens_per_s": round(window_tokens / max(window_compute, 1e-9), 2),
                             "elapsed_s": round(time.perf_counter() - started, 2),
                         }
