@@ -167,7 +167,7 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="Write samples as JSONL here.")] = None,
     benchmark: Annotated[str | None, typer.Option(help="humaneval or mbpp: every problem.")] = None,
     problems: Annotated[Path | None, typer.Option(help="HumanEval-format JSONL of problems.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
+    batch_size: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
 ) -> None:
     """Complete prompts, or every problem of a benchmark, with a model (default: the embedded one).
 
@@ -186,41 +186,6 @@ def generate(
     from pycodegen.config import GenerateConfig, parse_config
     from pycodegen.generate.run import run_generate
 
-    if benchmark is not None or problems is not None:
-        from pycodegen.evaluate.benchmarks import load_problems
-        from pycodegen.evaluate.run import generate_samples
-
-        if out is None:
-            raise PycodegenError("--benchmark/--problems needs --out samples.jsonl")
-        name, problem_list, _ = load_problems(benchmark, problems)
-        flags = _given(
-            model=model,
-            prompt_mode=prompt_mode,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            out=out,
-        )
-        bench_cfg = parse_config(GenerateConfig, flags, where="generate")
-        generate_samples(
-            bench_cfg.model,
-            problem_list,
-            out,
-            prompt_mode=bench_cfg.prompt_mode,
-            n=bench_cfg.n,
-            temperature=bench_cfg.temperature,
-            top_p=bench_cfg.top_p,
-            max_new_tokens=bench_cfg.max_new_tokens,
-            seed=bench_cfg.seed,
-            batch_size=batch_size,
-            benchmark=name,
-            console=console,
-        )
-        console.print(f"[bold cyan]generate[/] samples for {len(problem_list)} {name} problems → {out}")
-        return
-
     cfg = parse_config(
         GenerateConfig,
         _given(
@@ -233,9 +198,20 @@ def generate(
             max_new_tokens=max_new_tokens,
             seed=seed,
             out=out,
+            batch_size=batch_size,
         ),
         where="generate",
     )
+    if benchmark is not None or problems is not None:
+        from pycodegen.evaluate.benchmarks import load_problems
+        from pycodegen.evaluate.run import generate_samples
+
+        if cfg.out is None:
+            raise PycodegenError("--benchmark/--problems needs --out samples.jsonl")
+        name, problem_list, _ = load_problems(benchmark, problems)
+        generate_samples(cfg.model, problem_list, cfg.out, cfg, benchmark=name, console=console)
+        console.print(f"[bold cyan]generate[/] samples for {len(problem_list)} {name} problems → {cfg.out}")
+        return
     if not cfg.prompt:
         raise PycodegenError("give at least one --prompt")
     run_generate(cfg, console, echo=True)

@@ -82,11 +82,9 @@ class PrepareConfig(StrictModel):
     workers: int = Field(0, ge=0, description="Parse processes; 0 = number of cores.")
 
 
-class GenerateConfig(StrictModel):
-    """`pycodegen generate`: a model completes prompts."""
+class SamplingConfig(StrictModel):
+    """How a model samples: shared by `generate` and `evaluate` (one definition, one meaning)."""
 
-    model: str = Field("smollm2-135m-instruct", description="Zoo name, local HF directory or .gguf file.")
-    prompt: list[str] = Field(default_factory=list, description="Prompts to complete.")
     prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field(
         "auto", description="How prompts are wrapped."
     )
@@ -95,10 +93,18 @@ class GenerateConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     n: int = Field(1, ge=1, description="Samples per prompt.")
     seed: int = Field(0, description="Sampling seed.")
+    batch_size: int = Field(8, ge=1, description="Sequences decoded together.")
+
+
+class GenerateConfig(SamplingConfig):
+    """`pycodegen generate`: a model completes prompts."""
+
+    model: str = Field("smollm2-135m-instruct", description="Zoo name, local HF directory or .gguf file.")
+    prompt: list[str] = Field(default_factory=list, description="Prompts to complete.")
     out: Path | None = Field(None, description="JSONL file for the samples (default: print only).")
 
 
-class EvaluateConfig(StrictModel):
+class EvaluateConfig(SamplingConfig):
     """`pycodegen evaluate`: run samples (or a model's generations) against a benchmark's tests."""
 
     model: str | None = Field(None, description="Generate the samples with this model first.")
@@ -107,15 +113,7 @@ class EvaluateConfig(StrictModel):
     problems: Path | None = Field(None, description="HumanEval-format JSONL of problems.")
     limit: int | None = Field(None, ge=1, description="Only the first N problems (smoke runs).")
     out: Path = Field(Path("runs/eval"), description="Run directory.")
-    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field(
-        "auto", description="How prompts are wrapped."
-    )
-    n: int = Field(1, ge=1, description="Samples per problem.")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(384, ge=1, description="Tokens per sample.")
-    batch_size: int = Field(8, ge=1, description="Sequences decoded together.")
-    seed: int = Field(0, description="Sampling seed.")
     workers: int = Field(0, ge=0, description="Sandboxed workers; 0 = number of cores.")
     timeout: float = Field(10.0, gt=0, description="Wall-clock seconds per sample.")
     memory_mb: int = Field(1024, ge=64, description="Memory per sample, MiB.")
@@ -216,8 +214,8 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
     ...     parse_config(GenerateConfig, {"temprature": 0.5})
     ... except ConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
-    config: unknown key 'temprature'; valid keys: max_new_tokens, model, n, out, prompt, prompt_mode, seed,
-    temperature, top_p
+    config: unknown key 'temprature'; valid keys: batch_size, max_new_tokens, model, n, out, prompt,
+    prompt_mode, seed, temperature, top_p
     """
     try:
         return cls.model_validate(data)

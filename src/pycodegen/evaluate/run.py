@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pycodegen.config import EvaluateConfig
+from pycodegen.config import EvaluateConfig, SamplingConfig
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate import metrics
 from pycodegen.evaluate.benchmarks import Problem, example_job_for, generated_code, job_for, load_problems
@@ -77,24 +77,20 @@ def generate_samples(
     model_ref: str,
     problems: list[Problem],
     out: Path,
+    sampling: SamplingConfig,
     *,
-    prompt_mode: str,
-    n: int,
-    temperature: float,
-    top_p: float,
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int,
     benchmark: str,
     console: Console,
 ) -> dict[str, Any]:
-    """Generate `n` samples per problem into `out` (resumable: finished tasks are kept); returns the meta."""
+    """Generate `sampling.n` samples per problem into `out` (resumable: finished tasks are kept); returns
+    the meta. `generate --benchmark` and `evaluate --model` both come here with their configs."""
     from pycodegen.data.tasks import hust_prompt
     from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
     from pycodegen.models.zoo import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_ref)
-    mode = resolve_prompt_mode(tokenizer, prompt_mode)
+    mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode)
+    n, batch_size, temperature = sampling.n, sampling.batch_size, sampling.temperature
     style_stops = HUMANEVAL_STOPS if mode == "raw" and all(p.style == "humaneval" for p in problems) else []
     meta = {
         "model": model_ref,
@@ -105,9 +101,9 @@ def generate_samples(
         "decoding": {
             "n": n,
             "temperature": temperature,
-            "top_p": top_p if temperature > 0 else 1.0,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
+            "top_p": sampling.top_p if temperature > 0 else 1.0,
+            "max_new_tokens": sampling.max_new_tokens,
+            "seed": sampling.seed,
             "strategy": "sampling" if temperature > 0 else "greedy",
         },
     }
@@ -126,7 +122,7 @@ def generate_samples(
     out.parent.mkdir(parents=True, exist_ok=True)
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     todo = [p for p in problems if p.task_id not in done]
-    decoding = DecodingConfig(max_new_tokens, temperature, top_p, n, seed, batch_size)
+    decoding = DecodingConfig.of(sampling)
 
     def prompt_text(p: Problem) -> str:
         if mode == "raw":
@@ -484,20 +480,7 @@ def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
     name, problem_list, _ = load_problems(cfg.benchmark, cfg.problems)
     problem_list = problem_list[: cfg.limit] if cfg.limit else problem_list
     samples = cfg.out / "samples.jsonl"
-    meta = generate_samples(
-        cfg.model,
-        problem_list,
-        samples,
-        prompt_mode=cfg.prompt_mode,
-        n=cfg.n,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        benchmark=name,
-        console=console,
-    )
+    meta = generate_samples(cfg.model, problem_list, samples, cfg, benchmark=name, console=console)
     references = [p.reference for p in problem_list if p.reference]
     extra = {}
     if references:

@@ -50,6 +50,18 @@ class DecodingConfig:
     seed: int = 0
     batch_size: int = 8
 
+    @classmethod
+    def of(cls, sampling: Any) -> DecodingConfig:
+        """From a config carrying the sampling fields (pycodegen.config.SamplingConfig)."""
+        return cls(
+            sampling.max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            sampling.n,
+            sampling.seed,
+            sampling.batch_size,
+        )
+
 
 def generate(
     model: Any,
