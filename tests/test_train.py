@@ -285,7 +285,8 @@ def test_linear_cross_entropy_equals_the_plain_loss(dtype: str, monkeypatch: pyt
 @pytest.mark.parametrize("shape", ["gpt2", "llama"])
 def test_fused_loss_matches_the_models_own_loss(shape: str, functions: Path, tmp_path: Path) -> None:
     """hf-causal's fused loss = transformers' causal-LM loss, gradients included, on a padded batch
-    with prompt tokens masked (the DDP path goes through trainer.LossModule and is tested below)."""
+    with prompt tokens masked. (In the trainer the loss runs inside loop.LossModule, which DDP wraps;
+    test_ddp_on_two_processes_matches_one drives that path.)"""
     from pycodegen.models.hf import HFCausalFamily
 
     args = {"n_layer": 2, "n_embd": 32, "n_head": 2} if shape == "gpt2" else {"hidden_size": 32}

@@ -9,8 +9,7 @@ this CPU those memory passes cost a quarter of a LoRA training step under bf16.
 and, when gradients are wanted, the gradient of the chunk's logits (softmax minus one-hot), which it
 immediately turns into the gradients of the hidden states and of W. Only those two (hidden-sized and
 W-sized) are kept for backward. The GEMMs are the same as the plain path; the vocabulary-sized memory
-passes shrink to one chunk-sized buffer at a time (a chunk stays under glibc's mmap threshold, so it
-is reused rather than faulted in fresh every time).
+passes shrink to one chunk (at most 32 MB of fp32 logits) at a time.
 
 The same idea is Liger-Kernel's `FusedLinearCrossEntropy` and Apple's cut-cross-entropy; both are
 Triton kernels (CUDA only), so this plain-torch version is written here to run on the CPU as well.
