@@ -187,44 +187,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         source = str(stdlib_root() / "email")
-        prepare(
-            PrepareConfig(
-                source=source,
-                out=root / "windows",
-                task="lm-windows",
-                window=args.seq,
-                stride=args.seq,
-                train_tokenizer=True,
-                vocab_size=8192,
-                valid_fraction=0.0,
-                test_fraction=0.0,
-            ),
-            QUIET,
-        )
-        prepare(
-            PrepareConfig(
-                source=source,
-                out=root / "windows-smol",
-                task="lm-windows",
-                window=args.seq,
-                stride=args.seq,
-                tokenizer="smollm2-135m-instruct",
-                valid_fraction=0.0,
-                test_fraction=0.0,
-            ),
-            QUIET,
-        )
-        prepare(
-            PrepareConfig(
-                source=source,
-                out=root / "pairs",
-                train_tokenizer=True,
-                vocab_size=8192,
-                valid_fraction=0.0,
-                test_fraction=0.0,
-            ),
-            QUIET,
-        )
+        windows = {"task": "lm-windows", "window": args.seq, "stride": args.seq}
+        bpe = {"train_tokenizer": True, "vocab_size": 8192}
+        datasets = {  # the `data` directories SETUPS name
+            "windows": {**windows, **bpe},
+            "windows-smol": {**windows, "tokenizer": "smollm2-135m-instruct"},
+            "pairs": bpe,
+        }
+        for name, settings in datasets.items():
+            prepare(
+                PrepareConfig(
+                    source=source, out=root / name, valid_fraction=0.0, test_fraction=0.0, **settings
+                ),
+                QUIET,
+            )
         print(
             f"batch {args.batch} x {args.seq} tokens; {args.warmup} warm-up + {args.steps} timed steps; "
             "each figure from a fresh process"
