@@ -55,12 +55,10 @@ def ours(cfg: TrainConfig, warmup: int) -> tuple[float, Any]:
 
 
 def plain_trainer(trainer: Any, cfg: TrainConfig, warmup: int, steps: int) -> float:
-    """The same model (re-initialised the same way), examples and batch through transformers.Trainer."""
+    """The same model (seeded as pycodegen seeds it), examples and batch through transformers.Trainer."""
     import transformers
 
     family = trainer.family
-    torch.manual_seed(cfg.seed)
-    family.setup()
     from pycodegen.train.loop import apply_mode
 
     model = apply_mode(cfg, family, family.model, torch.device("cpu"))
@@ -147,15 +145,7 @@ def measure_one(root: Path, setup: str, dtype: str, side: str, args: argparse.Na
         return {"tokens_per_s": tps, "parameters": sum(p.numel() for p in trainer.family.model.parameters())}
     # transformers.Trainer needs the family's examples: set them up without training
     trainer = Trainer(cfg, QUIET)
-    from pycodegen.data.prepare import read_manifest
-    from pycodegen.models.family import get_family
-    from pycodegen.train.loop import read_rows
-
-    trainer.family = get_family(cfg.family)(cfg, read_manifest(cfg.data), Path(cfg.data))
-    trainer.family.setup()
-    trainer.train_examples = trainer.family.pack(
-        [trainer.family.encode(r) for r in read_rows(cfg.data, "train")]
-    )
+    trainer.load_family()
     return {"tokens_per_s": plain_trainer(trainer, cfg, args.warmup, args.steps)}
 
 

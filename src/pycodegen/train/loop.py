@@ -245,26 +245,31 @@ class Trainer:
         return name, not name.endswith(("loss", "perplexity"))
 
     # -- the loop -------------------------------------------------------------------------------------
+    def load_family(self) -> None:
+        """Seed every generator, build the family and its model, and encode the training examples (where
+        `run()` starts; bench/train_bench.py uses it to hand the same model and data to another trainer)."""
+        cfg = self.cfg
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.family = get_family(cfg.family)(cfg, read_manifest(cfg.data), Path(cfg.data))
+        self.family.setup()
+        self.train_examples = self.family.pack([self.family.encode(r) for r in read_rows(cfg.data, "train")])
+
     def run(self) -> dict[str, Any]:
         from accelerate import Accelerator
 
         cfg = self.cfg
         budget = parse_budget(cfg.budget)
         self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available())
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
         if cfg.mode == "qlora" and acc.device.type != "cuda":
             raise ConfigError(
                 "QLoRA needs a CUDA GPU (4-bit weights through bitsandbytes); use --mode lora on CPU"
             )
-        manifest = read_manifest(cfg.data)
-        self.family = get_family(cfg.family)(cfg, manifest, Path(cfg.data))
-        self.family.setup()
+        self.load_family()
         assert self.family.model is not None
         model = apply_mode(cfg, self.family, self.family.model, acc.device)
         counts = parameter_counts(model)
-        self.train_examples = self.family.pack([self.family.encode(r) for r in read_rows(cfg.data, "train")])
         self.valid_rows = read_rows(cfg.data, "valid")
         self.valid_examples = [self.family.encode(r) for r in self.valid_rows]
         if len(self.train_examples) < cfg.batch_size * acc.num_processes:
