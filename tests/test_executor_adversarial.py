@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pycodegen.evaluate.executor import Executor, Job, Limits
+from pycodegen.sandbox.executor import Executor, Job, Limits
 
 TIMEOUT = 2.0
 REPO = Path(__file__).resolve().parents[1]

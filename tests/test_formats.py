@@ -86,7 +86,7 @@ def test_real_mbpp_and_codealpaca(shared_data: Path) -> None:
 
 
 def test_packaged_mbpp_is_the_shared_copy(shared_data: Path) -> None:
-    from pycodegen.data.decontaminate import mbpp_path
+    from pycodegen.benchmarks import mbpp_path
 
     assert mbpp_path().read_bytes() == (shared_data / "mbpp.jsonl").read_bytes()
 

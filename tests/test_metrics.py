@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pycodegen.evaluate import metrics
+from pycodegen import metrics
 
 
 @pytest.mark.parametrize(("n", "c", "k"), [(20, 0, 1), (20, 3, 1), (20, 3, 10), (200, 17, 100), (5, 5, 5)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pycodegen.errors import ModelNotFoundError
-from pycodegen.models.zoo import ZOO, resolve_model
+from pycodegen.zoo import ZOO, resolve_model
 
 
 def test_zoo_name_resolves_to_the_shipped_gguf() -> None:
@@ -37,7 +37,7 @@ def test_embedded_model_generates_offline(monkeypatch: pytest.MonkeyPatch) -> No
     """Loads the real SmolLM2 (converted once from GGUF, then cached) and decodes greedily."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
-    from pycodegen.models.zoo import load_causal_lm
+    from pycodegen.zoo import load_causal_lm
 
     model, tokenizer = load_causal_lm("smollm2-135m-instruct")
     mode = resolve_prompt_mode(tokenizer, "auto")

@@ -260,7 +260,7 @@ def test_linear_cross_entropy_equals_the_plain_loss(dtype: str, monkeypatch: pyt
     """Loss and gradients (hidden, weight, bias) as F.cross_entropy gives, with ignored labels, chunked."""
     import torch.nn.functional as F
 
-    from pycodegen.train import fused_loss
+    from pycodegen.models import losses as fused_loss
 
     monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 7 * 101)  # 7 tokens per chunk: 16 chunks
     torch.manual_seed(0)
@@ -627,8 +627,8 @@ def test_lora_merge_and_export_gives_the_same_model(functions: Path, tmp_path: P
 @pytest.mark.slow
 def test_lora_on_the_embedded_model(shared_data: Path, tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct with LoRA on MBPP instructions: a few real steps, then merged and reloaded."""
-    from pycodegen.models.zoo import load_causal_lm
     from pycodegen.train.export import export
+    from pycodegen.zoo import load_causal_lm
 
     data = tmp_path / "mbpp"
     prepare(

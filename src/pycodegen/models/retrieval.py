@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
-from pycodegen.evaluate.metrics import mean_reciprocal_rank
+from pycodegen.metrics import mean_reciprocal_rank
 from pycodegen.models.family import Family, pad_field, register, save_module
 
 WORD = re.compile(r"[A-Za-z]+|\d+")

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from pycodegen.evaluate import metrics
-from pycodegen.evaluate.executor import Executor, Job
-from pycodegen.evaluate.postprocess import extract_code_block
+from pycodegen import metrics
+from pycodegen.generate.postprocess import extract_code_block
 from pycodegen.models.family import Family
+from pycodegen.sandbox.executor import Executor, Job
 
 CALLED = re.compile(r"(\w+)\s*\(")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from pycodegen.errors import PycodegenError
 
-SANDBOX_DIR = Path(__file__).resolve().parent / "sandbox"
+SANDBOX_DIR = Path(__file__).resolve().parent
 OUTCOMES = ("passed", "failed", "error", "syntax error", "timeout", "out of memory", "killed")
 GRACE_SECONDS = 2.0
 # The fork servers (and so the samples, even through /proc/1/environ) see none of the caller's variables.

@@ -1,0 +1,107 @@
+"""Completion → program → sandbox job: how a sample of a benchmark problem is turned into the program the
+sandbox runs (HumanEval style continues the prompt; MBPP style is the whole program)."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from pycodegen.benchmarks import Problem
+from pycodegen.sandbox.executor import Job
+
+
+def example_test(examples: list[tuple[str, str]]) -> str:
+    """Test code for `>>>` examples: each expected output that is a Python literal is compared by value.
+
+    >>> print(example_test([("f(1)", "2"), ("f('a')", "'b'"), ("g()", "not a literal <x>")]))
+    assert (f(1)) == 2, 'f(1)'
+    assert (f('a')) == 'b', "f('a')"
+    """
+    lines = []
+    for source, want in examples:
+        try:
+            ast.literal_eval(want)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        lines.append(f"assert ({source}) == {want}, {source!r}")
+    return "\n".join(lines)
+
+
+def defines(code: str, name: str) -> bool:
+    """Whether `code` defines a function `name` at top level (regex-free: parsed, or a textual fallback)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.M) is not None
+    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name for n in tree.body)
+
+
+def program_for(problem: Problem, completion: str) -> str:
+    """The program a completion stands for.
+
+    HumanEval style: a completion that defines the entry point itself replaces the prompt's stub (the
+    prompt's imports and helpers stay); otherwise it continues the prompt.
+    """
+    if problem.style == "mbpp":
+        return completion
+    if defines(completion, problem.entry_point):
+        return problem.prompt + "    pass\n\n" + completion
+    return problem.prompt + completion
+
+
+def generated_code(problem: Problem, completion: str) -> str:
+    """What the model wrote for a problem, without the prompt: for HumanEval style, the body of the entry
+    point (text metrics would otherwise be dominated by the prompt both sides share).
+
+    >>> p = Problem("t", "def f(x):\\n", "", "f", "", None, "    return x\\n", "    return x\\n")
+    >>> generated_code(p, "def f(x):\\n    y = x\\n    return y\\n")
+    '    y = x\\n    return y\\n'
+    >>> generated_code(p, "def f(x:\\n    return (")
+    'def f(x:\\n    return ('
+    """
+    if problem.style == "mbpp":
+        return completion
+    try:
+        tree = ast.parse(completion)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return completion  # what the model wrote, as it is
+    if not defines(completion, problem.entry_point):
+        return completion
+    node = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == problem.entry_point
+    )
+    body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
+    lines = completion.splitlines(keepends=True)
+    return "".join(lines[body[0].lineno - 1 : node.end_lineno])
+
+
+def job_for(problem: Problem, completion: str, sample_index: int) -> Job:
+    return Job(
+        problem.task_id,
+        sample_index,
+        program_for(problem, completion),
+        problem.test,
+        entry_point=problem.entry_point,
+        check=problem.check,
+        entry_points=[problem.entry_point],
+    )
+
+
+def example_job_for(problem: Problem, completion: str, sample_index: int) -> Job | None:
+    """A job that runs only the examples a user can see in the prompt (never the hidden tests)."""
+    test = (
+        "\n".join(t for t, _ in problem.examples)
+        if problem.style == "mbpp"
+        else example_test(problem.examples)
+    )
+    if not test.strip():
+        return None
+    return Job(
+        problem.task_id,
+        sample_index,
+        program_for(problem, completion),
+        test,
+        entry_points=[problem.entry_point],
+    )
