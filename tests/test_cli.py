@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,31 +24,64 @@ def pycodegen(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     )
 
 
-def test_verbs_are_the_documented_ones() -> None:
-    assert list(VERBS) == [
-        "prepare",
-        "train",
-        "generate",
-        "evaluate",
-        "serve",
-        "run",
-        "report",
-        "search",
-        "export",
-    ]
+def _flag_names(cls: type) -> list[str]:
+    return ["--" + name.replace("_", "-") for name, f in cls.model_fields.items() if not _positional(f)]
 
 
-@pytest.mark.parametrize("verb", list(VERBS))
-def test_help_shows_a_worked_example(verb: str) -> None:
-    result = pycodegen(verb, "--help")
+def _positional(field) -> bool:  # type: ignore[no-untyped-def]
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("cli") == "argument"
+
+
+@pytest.mark.parametrize("verb", [v for v, spec in VERBS.items() if spec.config])
+def test_every_config_field_is_a_flag_shown_whole_at_80_columns(verb: str) -> None:
+    """Each setting is declared once (a config field) and reachable as a flag of the same name, whose
+    name --help prints whole on a narrow terminal, with a worked example that is not re-wrapped."""
+    from pycodegen import config
+
+    cls = getattr(config, VERBS[verb].config)
+    result = subprocess.run(
+        [sys.executable, "-m", "pycodegen", verb, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COLUMNS": "80", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
     assert result.returncode == 0, result.stderr
-    assert "Example" in result.stdout and f"pycodegen {verb}" in result.stdout
+    shown = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", result.stdout))
+    missing = [f for f in [*_flag_names(cls), "--config"] if f not in shown]
+    assert not missing, f"flags missing or cut in `{verb} --help`: {missing}"
+    assert "Example" in result.stdout
+    examples = [line for line in result.stdout.splitlines() if line.strip().startswith("pycodegen ")]
+    assert examples and all(f"pycodegen {verb}" in e or "pycodegen " in e for e in examples)
 
 
-@pytest.mark.parametrize("verb", ["serve"])
-def test_unbuilt_verbs_say_so(verb: str) -> None:
-    result = pycodegen(verb, "--anything", "x")
+def test_flags_and_yaml_share_names_and_flags_override(tmp_path: Path) -> None:
+    """A --config YAML and flags set the same fields; flags win; model_args merge key by key."""
+    from pycodegen.cli import flags_to_settings
+    from pycodegen.config import TrainConfig
+
+    settings = flags_to_settings(
+        TrainConfig, {"lr": 0.1, "model_args": ["n_layer=4", "cell=gru"], "freeze": []}
+    )
+    assert settings == {"lr": 0.1, "model_args": {"n_layer": 4, "cell": "gru"}}
+
+
+def test_version_and_unbuilt_serve() -> None:
+    version = pycodegen("--version")
+    assert version.returncode == 0 and version.stdout.startswith("pycodegen ")
+    serve = pycodegen("serve", "--help")
+    assert serve.returncode == 0 and "not built yet" in serve.stdout and " ." not in serve.stdout
+    result = pycodegen("serve", "--anything", "x")
     assert result.returncode == 2 and "not built yet" in result.stderr
+
+
+def test_cross_field_rules_are_one_line_errors(tmp_path: Path) -> None:
+    result = pycodegen("train", "--family", "char-rnn", "--unfreeze", "x", "--out", str(tmp_path / "t"))
+    assert result.returncode == 2 and "--unfreeze re-enables" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = pycodegen("generate", "--benchmark", "humaneval")
+    assert result.returncode == 2 and "needs --out samples.jsonl" in result.stderr
 
 
 def test_prepare_end_to_end(tmp_path: Path, messy_tree: Path) -> None:

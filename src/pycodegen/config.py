@@ -6,41 +6,66 @@ bad key and lists the valid ones.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pycodegen.errors import ConfigError
-
-TASKS = ("docstring-to-body", "instruction", "lm-windows", "char-stream")
-FORMATS = ("auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval")
-TEMPLATES = ("hust", "chat", "plain")
 
 Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream"]
 Format = Literal[
     "auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"
 ]
 Template = Literal["hust", "chat", "plain"]
+PromptMode = Literal["auto", "raw", "chat", "hust"]
+Benchmark = Literal["humaneval", "mbpp"]
+
+BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
+
+
+def parse_budget(text: str | None) -> float | None:
+    """Seconds in a budget such as '90s', '10m', '1.5h'.
+
+    >>> parse_budget("10m"), parse_budget("90s"), parse_budget("1.5h"), parse_budget(None)
+    (600.0, 90.0, 5400.0, None)
+    """
+    if text is None:
+        return None
+    match = BUDGET_RE.fullmatch(text)
+    if not match:
+        raise ConfigError(f"budget {text!r}: use a number with s, m or h, e.g. 10m")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 class StrictModel(BaseModel):
+    """A config: unknown keys are errors, assignments are validated. A class docstring's first line is
+    the title of its group of flags in `--help`."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PrepareConfig(StrictModel):
-    """`pycodegen prepare`: source → cleaned, deduplicated, decontaminated, split task view."""
+def positional(description: str, default: Any = ..., **kwargs: Any) -> Any:
+    """A field that the CLI takes as a positional argument (still a plain key in YAML)."""
+    return Field(default, description=description, json_schema_extra={"cli": "argument"}, **kwargs)
 
-    source: str | None = Field(None, description="Source tree or dataset file; default: the running stdlib.")
-    format: Format = Field("auto", description="Dataset format; 'auto' detects it from the fields.")
-    task: Task = Field("docstring-to-body", description="Task view to build.")
-    out: Path = Field(Path("runs/data"), description="Output dataset directory.")
-    decontaminate: list[Path] = Field(default_factory=list, description="Extra HumanEval-style JSONL files.")
-    builtin_eval_sets: bool = Field(
-        True, description="Decontaminate against HumanEval and the MBPP test split."
+
+def short(flag: str, default: Any, description: str, **kwargs: Any) -> Any:
+    """A field with a one-letter CLI alias besides its long flag (e.g. -n)."""
+    return Field(default, description=description, json_schema_extra={"cli_short": flag}, **kwargs)
+
+
+# -- prepare ----------------------------------------------------------------------------------------------
+class PrepareSource(StrictModel):
+    """Source"""
+
+    source: str | None = Field(
+        None, description="Source tree, single .py file or dataset file; default: the running stdlib."
     )
-    ngram: int = Field(10, ge=3, description="Tokens in the n-gram that marks a record as contaminated.")
+    format: Format = Field("auto", description="Dataset format; 'auto' detects it from the fields.")
+    out: Path = Field(Path("runs/data"), description="Output dataset directory.")
     skip_bad: bool = Field(False, description="Skip and count malformed dataset lines instead of failing.")
     max_file_bytes: int = Field(1_000_000, gt=0, description="Skip source files larger than this.")
     exclude: list[str] = Field(
@@ -54,6 +79,12 @@ class PrepareConfig(StrictModel):
         ],
         description="Directory names never descended into.",
     )
+    workers: int = Field(0, ge=0, description="Parse processes; 0 = number of cores.")
+
+
+class PrepareCleaning(StrictModel):
+    """Cleaning, deduplication, decontamination"""
+
     normalize_indent: bool = Field(False, description="Re-indent code to 4 spaces per level (tabs too).")
     strip_comments: bool = Field(False, description="Remove comments, keeping strings and docstrings.")
     require_parse: bool = Field(False, description="Keep only code that parses as Python.")
@@ -66,10 +97,26 @@ class PrepareConfig(StrictModel):
     )
     num_perm: int = Field(64, ge=16, description="MinHash permutations.")
     shingle: int = Field(5, ge=1, description="Tokens per shingle for near-dup detection.")
+    decontaminate: list[Path] = Field(default_factory=list, description="Extra HumanEval-style JSONL files.")
+    builtin_eval_sets: bool = Field(
+        True, description="Decontaminate against HumanEval and the MBPP test split."
+    )
+    ngram: int = Field(10, ge=3, description="Words in the n-gram that marks a record as contaminated.")
+
+
+class PrepareSplit(StrictModel):
+    """Split"""
+
     split_by: Literal["file", "repo"] = Field("file", description="Unit that never straddles two splits.")
     valid_fraction: float = Field(0.05, ge=0, lt=1, description="Share of files (or repos) for validation.")
     test_fraction: float = Field(0.05, ge=0, lt=1, description="Share of files (or repos) for test.")
     seed: int = Field(0, description="Seed of the split.")
+
+
+class PrepareTask(StrictModel):
+    """Task view"""
+
+    task: Task = Field("docstring-to-body", description="Task view to build.")
     window: int = Field(256, ge=8, description="lm-windows: tokens per window (Autocoder: 256).")
     stride: int = Field(128, ge=1, description="lm-windows: tokens between window starts.")
     seq_len: int = Field(128, ge=2, description="char-stream: characters per sequence.")
@@ -79,69 +126,125 @@ class PrepareConfig(StrictModel):
     tokenizer: str | None = Field(None, description="Zoo name or local tokenizer dir (lm-windows, chat).")
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the train split.")
     vocab_size: int = Field(8192, ge=300, description="Vocabulary size of the trained BPE.")
-    workers: int = Field(0, ge=0, description="Parse processes; 0 = number of cores.")
 
 
+class PrepareConfig(PrepareSource, PrepareCleaning, PrepareSplit, PrepareTask):
+    """`pycodegen prepare`: source → cleaned, deduplicated, decontaminated, split task view."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> PrepareConfig:
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError("valid_fraction + test_fraction must leave something to train on (< 1)")
+        if self.stride > self.window:
+            raise ValueError(f"stride {self.stride} > window {self.window} would skip tokens")
+        return self
+
+
+# -- generate / evaluate ----------------------------------------------------------------------------------
 class SamplingConfig(StrictModel):
-    """How a model samples: shared by `generate` and `evaluate` (one definition, one meaning)."""
+    """Sampling"""
 
-    prompt_mode: Literal["auto", "raw", "chat", "hust"] = Field(
-        "auto", description="How prompts are wrapped."
+    prompt_mode: PromptMode = Field(
+        "auto",
+        description="How prompts are wrapped: raw, chat (the tokenizer's template), hust; auto = what a "
+        "checkpoint was trained with, else chat when the tokenizer has a template, else raw.",
     )
     max_new_tokens: int = Field(128, ge=1, description="Tokens generated per sample.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    n: int = Field(1, ge=1, description="Samples per prompt.")
+    n: int = short("-n", 1, "Samples per prompt (or per problem).", ge=1)
     seed: int = Field(0, description="Sampling seed.")
     batch_size: int = Field(8, ge=1, description="Sequences decoded together.")
 
 
-class GenerateConfig(SamplingConfig):
-    """`pycodegen generate`: a model completes prompts."""
+class ProblemSet(StrictModel):
+    """Problems"""
 
-    model: str = Field("smollm2-135m-instruct", description="Zoo name, local HF directory or .gguf file.")
-    prompt: list[str] = Field(default_factory=list, description="Prompts to complete.")
-    out: Path | None = Field(None, description="JSONL file for the samples (default: print only).")
+    benchmark: Benchmark | None = Field(
+        None, description="Built-in benchmark: humaneval, or mbpp (test split)."
+    )
+    problems: Path | None = Field(
+        None, description="HumanEval-format JSONL of problems (instead of a benchmark)."
+    )
+    limit: int | None = Field(
+        None, ge=1, description="Only the first N problems (smoke runs; the run says so)."
+    )
+
+    @model_validator(mode="after")
+    def _one_problem_set(self) -> ProblemSet:
+        if self.benchmark is not None and self.problems is not None:
+            raise ValueError("give --benchmark or --problems, not both")
+        return self
 
 
-class EvaluateConfig(SamplingConfig):
-    """`pycodegen evaluate`: run samples (or a model's generations) against a benchmark's tests."""
+class GenerateConfig(SamplingConfig, ProblemSet):
+    """`pycodegen generate`: a model completes prompts, or every problem of a benchmark."""
 
-    model: str | None = Field(None, description="Generate the samples with this model first.")
-    samples: Path | None = Field(None, description="A samples.jsonl to score instead of generating.")
-    benchmark: Literal["humaneval", "mbpp"] | None = Field(None, description="Built-in benchmark.")
-    problems: Path | None = Field(None, description="HumanEval-format JSONL of problems.")
-    limit: int | None = Field(None, ge=1, description="Only the first N problems (smoke runs).")
-    out: Path = Field(Path("runs/eval"), description="Run directory.")
-    max_new_tokens: int = Field(384, ge=1, description="Tokens per sample.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Zoo name, local HF directory, checkpoint or .gguf."
+    )
+    prompt: list[str] = short("-p", [], "Prompt text to complete; repeatable.")
+    out: Path | None = Field(
+        None, description="JSONL file for the samples (needed with --benchmark/--problems)."
+    )
+    overwrite: bool = Field(False, description="Replace an existing free-prompt --out file.")
+
+    @model_validator(mode="after")
+    def _benchmark_needs_out(self) -> GenerateConfig:
+        if (self.benchmark is not None or self.problems is not None) and self.out is None:
+            raise ValueError("--benchmark/--problems needs --out samples.jsonl")
+        if self.limit is not None and self.benchmark is None and self.problems is None:
+            raise ValueError("--limit applies to --benchmark/--problems")
+        return self
+
+
+class ExecutorConfig(StrictModel):
+    """Sandbox"""
+
     workers: int = Field(0, ge=0, description="Sandboxed workers; 0 = number of cores.")
     timeout: float = Field(10.0, gt=0, description="Wall-clock seconds per sample.")
     memory_mb: int = Field(1024, ge=64, description="Memory per sample, MiB.")
+
+
+class EvaluateConfig(SamplingConfig, ProblemSet, ExecutorConfig):
+    """`pycodegen evaluate`: run samples (or a model's generations) against a benchmark's tests."""
+
+    samples: Path | None = positional("A samples.jsonl to score (or use --model).", None)
+    model: str | None = Field(None, description="Generate the samples with this model first.")
+    out: Path = Field(Path("runs/eval"), description="Run directory: verdicts, results.json, report.md.")
+    max_new_tokens: int = Field(384, ge=1, description="Tokens generated per sample.")
     examples: bool = Field(True, description="Also run the prompt's >>> examples (filtered pass@1).")
     encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
 
 
-class TrainConfig(StrictModel):
-    """`pycodegen train`: one accelerate-based loop for every model family."""
+# -- train ------------------------------------------------------------------------------------------------
+class ModelSpec(StrictModel):
+    """Model"""
 
-    family: str = Field(..., description="Model family: char-rnn, hf-causal, ...")
-    data: Path = Field(Path("runs/data"), description="A dataset directory from `pycodegen prepare`.")
-    out: Path = Field(Path("runs/train"), description="Run directory: checkpoints, metrics.jsonl.")
-    model: str | None = Field(None, description="Zoo name, local dir, a checkpoint, or new:gpt2 / new:llama.")
-    model_args: dict[str, Any] = Field(default_factory=dict, description="Family/architecture sizes.")
-    mode: Literal["full", "lora", "qlora"] = Field("full", description="What is trained.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
-    budget: str | None = Field(None, description="Stop cleanly after this long: 90s, 10m, 2h.")
-    resume: bool = Field(False, description="Continue from the run directory's last checkpoint.")
+    family: str = Field(..., description="Model family: char-rnn, seq2seq, retrieval, hf-causal, hf-seq2seq.")
+    model: str | None = Field(
+        None, description="Zoo name, local dir, a checkpoint, or new:gpt2 / new:llama / new:t5."
+    )
+    model_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Architecture sizes KEY=VALUE (e.g. n_layer=4); repeatable.",
+        json_schema_extra={"cli_short": "--model-arg"},
+    )
+    mode: Literal["full", "lora", "qlora"] = Field(
+        "full", description="What is trained: all weights, LoRA adapters, or QLoRA (CUDA only)."
+    )
     dtype: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast (AMX on this CPU).")
     fused_loss: bool = Field(
         True,
-        description="hf-causal: compute the output layer + cross-entropy in chunks, never the "
-        "full logits (same loss, less memory, faster); false = the model's own loss.",
+        description="hf-causal: output layer + cross-entropy in chunks, never the full logits (same loss, "
+        "less memory, faster); off = the model's own loss.",
     )
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=8, description="Tokens per example (longer ones are cut).")
+
+
+class OptimConfig(StrictModel):
+    """Optimizer"""
+
     lr: float = Field(5e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     schedule: Literal["constant", "linear", "cosine", "exponential"] = Field(
@@ -152,27 +255,112 @@ class TrainConfig(StrictModel):
     )
     decay_per_epoch: float = Field(0.97, gt=0, le=1, description="exponential: factor per epoch.")
     clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+
+
+class LoopConfig(StrictModel):
+    """Loop"""
+
+    data: Path = Field(Path("runs/data"), description="A dataset directory from `pycodegen prepare`.")
+    out: Path = Field(Path("runs/train"), description="Run directory: checkpoints, metrics.jsonl.")
+    max_steps: int = Field(
+        200, ge=1, description="Optimizer steps; with --budget and no --max-steps, the budget rules."
+    )
+    budget: str | None = Field(None, description="Stop cleanly after this long: 90s, 10m, 2h.")
+    resume: bool = Field(False, description="Continue from the run directory's last checkpoint.")
     seed: int = Field(0, description="Seed for initialisation, data order and dropout.")
     log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
     save_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (plus best and final).")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        try:
+            parse_budget(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class LoraConfig(StrictModel):
+    """LoRA and freezing"""
+
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="LoRA dropout (PEFT's default 0; 0.05 costs ~20% of a CPU step)."
+    )
+    target_modules: list[str] | None = Field(
+        None, description="LoRA target module; repeatable (default: per architecture)."
+    )
+    freeze: list[str] = Field(
+        default_factory=list, description="Regex of parameter names to freeze; repeatable."
+    )
+    unfreeze: list[str] = Field(
+        default_factory=list, description="Regex of parameters re-enabled after --freeze; repeatable."
+    )
+
+
+class DevEvalConfig(StrictModel):
+    """Validation and dev evaluation"""
+
     eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
     eval_batches: int = Field(20, ge=1, description="Validation batches per pass.")
     eval_samples: int = Field(8, ge=0, description="Dev rows generated per pass (pass@1 / BLEU); 0 = off.")
     eval_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per dev row.")
     best_metric: str = Field(
         "auto",
-        description="Metric of the best checkpoint; auto = dev_pass@1 when the "
-        "dev rows have tests, else valid_loss.",
+        description="Metric of the best checkpoint; auto = dev_pass@1 when the dev rows have tests "
+        "(valid loss when it never moves), MRR for retrieval, else valid_loss.",
     )
-    keep_checkpoints: int = Field(2, ge=1, description="Step checkpoints kept (plus best and final).")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(
-        0.0, ge=0, lt=1, description="LoRA dropout (PEFT's default 0; 0.05 costs ~20% of a CPU step)."
+
+
+class TrainConfig(ModelSpec, OptimConfig, LoopConfig, LoraConfig, DevEvalConfig):
+    """`pycodegen train`: one accelerate-based loop for every model family."""
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> TrainConfig:
+        if self.unfreeze and not self.freeze:
+            raise ValueError("--unfreeze re-enables parameters that --freeze froze: give --freeze too")
+        if self.target_modules and self.mode == "full":
+            raise ValueError("--target-modules are LoRA targets: use --mode lora (or qlora)")
+        return self
+
+
+# -- the smaller verbs ------------------------------------------------------------------------------------
+class SearchConfig(StrictModel):
+    """`pycodegen search`: find the functions of a prepared corpus that match a query."""
+
+    query: str = positional("What the function should do, in words.")
+    model: Path = Field(..., description="A trained retrieval checkpoint (RUN/final or RUN/best).")
+    corpus: Path = Field(..., description="A docstring-to-body dataset directory to search.")
+    top: int = Field(5, ge=1, description="How many functions to show.")
+
+
+class ExportConfig(StrictModel):
+    """`pycodegen export`: a checkpoint → a plain HF-format directory, LoRA merged."""
+
+    checkpoint: Path = positional("A checkpoint directory (RUN/final, RUN/best, ...).")
+    out: Path = Field(..., description="Where to write the plain HF-format model.")
+
+
+class ReportConfig(StrictModel):
+    """`pycodegen report`: evaluation runs side by side."""
+
+    runs: list[Path] = positional("Evaluation run directories (or results.json files).")
+    out: Path | None = Field(None, description="Also write the comparison (markdown) here.")
+    allow_mismatch: bool = Field(
+        False, description="Compare runs whose problems, prompt mode or decoding differ (flagged)."
     )
-    target_modules: list[str] | None = Field(None, description="LoRA targets; default per architecture.")
-    freeze: list[str] = Field(default_factory=list, description="Regexes of parameter names to freeze.")
-    unfreeze: list[str] = Field(default_factory=list, description="Regexes re-enabled after freeze.")
+
+
+class RunConfig(StrictModel):
+    """`pycodegen run`: a recipe's stages in order."""
+
+    recipe: Path = positional("YAML recipe.")
+    force: bool = Field(False, description="Rerun stages that are already done.")
 
 
 class RecipeConfig(StrictModel):
@@ -214,8 +402,8 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
     ...     parse_config(GenerateConfig, {"temprature": 0.5})
     ... except ConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
-    config: unknown key 'temprature'; valid keys: batch_size, max_new_tokens, model, n, out, prompt,
-    prompt_mode, seed, temperature, top_p
+    config: unknown key 'temprature'; valid keys: batch_size, benchmark, limit, max_new_tokens, model, n,
+    out, overwrite, problems, prompt, prompt_mode, seed, temperature, top_p
     """
     try:
         return cls.model_validate(data)
@@ -229,7 +417,8 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
                 valid = ", ".join(sorted(owner.model_fields))
                 messages.append(f"unknown key {dotted!r}; valid keys: {valid}")
             else:
-                messages.append(f"{dotted}: {err['msg']}")
+                msg = err["msg"].removeprefix("Value error, ")
+                messages.append(f"{dotted}: {msg}" if dotted else msg)
         raise ConfigError(f"{where}: " + "; ".join(messages)) from None
 
 
