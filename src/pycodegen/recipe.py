@@ -85,16 +85,23 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
 
         run_evaluation(cfg, console)
 
+    # Stages hand off through their output directories: prepare.out → train.data, and the trained
+    # checkpoint (train.out/best) is the model of a later generate or evaluate stage that names none.
     prepared = defaults(recipe.prepare, out=out / "data") if recipe.prepare is not None else None
     if prepared is not None:
         stage("prepare", prepared, run_prepare)
+    trained: dict[str, Any] = {}
     if recipe.train is not None:
         data = {"data": prepared.out} if prepared is not None else {}
-        stage("train", defaults(recipe.train, out=out / "train", **data), run_train)
+        train_cfg = defaults(recipe.train, out=out / "train", **data)
+        stage("train", train_cfg, run_train)
+        trained = {"model": str(Path(train_cfg.out) / "best")}
     if recipe.generate is not None:
-        stage("generate", defaults(recipe.generate, out=out / "samples.jsonl"), run_generate)
+        stage("generate", defaults(recipe.generate, out=out / "samples.jsonl", **trained), run_generate)
     if recipe.evaluate is not None:
-        stage("evaluate", defaults(recipe.evaluate, out=out / "eval"), run_evaluate)
+        evaluate_cfg = recipe.evaluate
+        model = trained if evaluate_cfg.samples is None else {}
+        stage("evaluate", defaults(evaluate_cfg, out=out / "eval", **model), run_evaluate)
     if not ran:
         console.print(f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)")
     return ran
