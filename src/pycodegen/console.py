@@ -13,9 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 def make_console() -> Console:
-    """A stderr console; when stderr is not a terminal, lines are never wrapped at a fixed width."""
+    """A stderr console. When stderr is not a terminal (a log file, a pipe), printed lines are never
+    wrapped (soft wrap: a long path stays one line) and rules are 100 columns wide."""
     tty = sys.stderr.isatty()
-    return Console(stderr=True, soft_wrap=not tty, width=None if tty else 10_000)
+    return Console(stderr=True, soft_wrap=not tty, width=None if tty else 100)
 
 
 console = make_console()
