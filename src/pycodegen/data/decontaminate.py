@@ -5,7 +5,8 @@ Words are identifiers, keywords, numbers and string words (punctuation is not co
 
 - the runs of at least `n` words (default 10) it shares with the problem cover at least `min_overlap`
   (default 0.5) of the problem's *distinctive* words — its description and reference solution
-  together, or
+  together, or its reference solution alone (a copied solution without the problem statement: a
+  HumanEval solution is a quarter of its problem's words), or
 - it defines a function with the same name and argument names as a problem whose prompt is that
   signature (HumanEval style; dunder methods excepted: `__eq__(self, other)` is everywhere).
 
@@ -40,8 +41,13 @@ class EvalProblem:
     """One evaluation problem as decontamination sees it."""
 
     task_id: str
-    text: str  # description / prompt and reference solution
+    description: str  # what the model is shown: a HumanEval prompt, an MBPP description
+    solution: str  # the reference solution
     signatures: set[Signature] = field(default_factory=set)  # only where the prompt is a signature
+
+    @property
+    def text(self) -> str:
+        return f"{self.description}\n{self.solution}"
 
 
 def function_signatures(code: str) -> set[Signature]:
@@ -73,9 +79,7 @@ def load_humaneval() -> list[EvalProblem]:
     """HumanEval (from pycodegen.benchmarks): prompt + canonical solution, and the prompt's signature."""
     return [
         EvalProblem(
-            p.task_id,
-            p.prompt + (p.canonical_solution or ""),
-            function_signatures(p.prompt + "    pass\n"),
+            p.task_id, p.prompt, p.canonical_solution or "", function_signatures(p.prompt + "    pass\n")
         )
         for p in load_humaneval_file(humaneval_path())
     ]
@@ -83,7 +87,7 @@ def load_humaneval() -> list[EvalProblem]:
 
 def load_mbpp_test() -> list[EvalProblem]:
     """The MBPP test split (pycodegen.benchmarks' split table): description + reference code."""
-    return [EvalProblem(f"mbpp/{r['task_id']}", r["text"] + "\n" + r["code"]) for r in mbpp_rows("test")]
+    return [EvalProblem(f"mbpp/{r['task_id']}", r["text"], r["code"]) for r in mbpp_rows("test")]
 
 
 def load_eval_file(path: Path) -> list[EvalProblem]:
@@ -91,14 +95,13 @@ def load_eval_file(path: Path) -> list[EvalProblem]:
     from pycodegen.data.formats import read_dataset
 
     read = read_dataset(path)
-    return [
-        EvalProblem(
-            f"{path.name}:{r.id}",
-            r.text + "\n" + r.code,
-            set() if r.origin == "mbpp" else function_signatures(r.code),
-        )
-        for r in read.records
-    ]
+    problems = []
+    for r in read.records:
+        prompt = r.extra.get("prompt", "") if r.origin == "humaneval" else ""
+        solution = r.code[len(prompt) :] if prompt and r.code.startswith(prompt) else r.code
+        sigs = set() if r.origin == "mbpp" else function_signatures(r.code)
+        problems.append(EvalProblem(f"{path.name}:{r.id}", r.text, solution, sigs))
+    return problems
 
 
 class Decontaminator:
@@ -109,7 +112,9 @@ class Decontaminator:
             raise ValueError("min_overlap must be in (0, 1]")
         self.n, self.min_overlap, self.problems = n, min_overlap, problems
         occurrences: dict[tuple[str, ...], list[tuple[int, int]]] = {}  # n-gram → (problem, start)
+        self.solution_start: list[int] = []  # word position where each problem's solution begins
         for k, p in enumerate(problems):
+            self.solution_start.append(len(WORD_RE.findall(p.description)))
             tokens = WORD_RE.findall(p.text)
             for i in range(len(tokens) - n + 1):
                 occurrences.setdefault(tuple(tokens[i : i + n]), []).append((k, i))
@@ -124,6 +129,9 @@ class Decontaminator:
             for k, start in occ:
                 covered[k].update(range(start, start + n))
         self.size = [len(c) for c in covered]  # distinctive words per problem
+        self.solution_size = [
+            len([i for i in c if i >= s]) for c, s in zip(covered, self.solution_start, strict=True)
+        ]
         self.vocab = {t for gram in self.index for t in gram}
         self.signatures: dict[Signature, str] = {}
         for p in problems:
@@ -134,13 +142,13 @@ class Decontaminator:
         """None if clean, else what matched: reason, the evaluation task, and the evidence.
 
         >>> solution = "def add(a, b):\\n    total = a + b\\n    return total\\n"
-        >>> problem = EvalProblem("t/0", "Add two numbers.\\n" + solution, {("add", ("a", "b"))})
+        >>> problem = EvalProblem("t/0", "Add two numbers.", solution, {("add", ("a", "b"))})
         >>> d = Decontaminator([problem], n=5)
         >>> d.check("Add two numbers.\\ndef add(x, y): return x * y")  # one phrase: 5 of 12 words
         >>> d.check("def add(a, b): pass", function_signatures("def add(a, b): pass"))["reason"]
         'signature'
         >>> d.check("def plus(a, b):\\n    total = a + b\\n    return total\\n")
-        {'reason': 'ngram', 'matched': 't/0', 'evidence': 'a b total a b', 'overlap': 0.58}
+        {'reason': 'ngram', 'matched': 't/0', 'evidence': 'a b total a b', 'overlap': 0.78}
         """
         for sig in sorted(signatures or ()):
             if sig in self.signatures:
@@ -164,8 +172,8 @@ class Decontaminator:
                 first.setdefault(k, gram)
         if not covered:
             return None
-        best = min(covered, key=lambda k: (-len(covered[k]) / self.size[k], k))
-        share = len(covered[best]) / self.size[best]
+        best = min(covered, key=lambda k: (-self.overlap(k, covered[k]), k))
+        share = self.overlap(best, covered[best])
         if share < self.min_overlap:
             return None
         return {
@@ -174,3 +182,12 @@ class Decontaminator:
             "evidence": " ".join(first[best]),
             "overlap": round(share, 2),
         }
+
+    def overlap(self, k: int, covered: set[int]) -> float:
+        """The larger share of problem `k`'s distinctive words that `covered` holds: of the whole problem,
+        or of its solution alone."""
+        whole = len(covered) / self.size[k]
+        if not self.solution_size[k]:
+            return whole
+        start = self.solution_start[k]
+        return max(whole, len([i for i in covered if i >= start]) / self.solution_size[k])

@@ -366,7 +366,9 @@ class Preparer:
             "decontamination": c["after_dedup"] - c["after_decontamination"],
         }
         why = ", ".join(f"{stage} {n}" for stage, n in stages.items() if n)
-        raise DataError(f"{where}: all {plural(c['items'], 'record')} were dropped ({why}); nothing is left to split")
+        raise DataError(
+            f"{where}: all {plural(c['items'], 'record')} were dropped ({why}); nothing is left to split"
+        )
 
     def warn_tiny_splits(self, by_split: dict[str, list[Item]]) -> None:
         fractions = {"valid": self.cfg.valid_fraction, "test": self.cfg.test_fraction}
