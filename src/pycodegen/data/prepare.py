@@ -410,6 +410,7 @@ class Preparer:
         started = time.perf_counter()
         items = self.load_items()
         self.counts["items"] = len(items)
+        self.check_not_empty(items)
         items = self.clean(items)
         self.counts["after_clean"] = len(items)
         items = self.dedup(items)
