@@ -27,16 +27,15 @@ from pycodegen.data.dataset_dir import MANIFEST, read_manifest, split_path, writ
 from pycodegen.data.decontaminate import (
     Decontaminator,
     EvalProblem,
-    function_signatures,
     load_eval_file,
     load_humaneval,
     load_mbpp_test,
 )
 from pycodegen.data.dedup import deduplicate
 from pycodegen.data.formats import read_dataset
+from pycodegen.data.items import file_items, function_item, pair_item
 from pycodegen.data.python_tree import is_source_file, iter_source_files, scan_tree, stdlib_root
-from pycodegen.data.records import FileRecord
-from pycodegen.data.rewrite import pair_to_function, rewritten_item
+from pycodegen.data.rewrite import rewritten_item
 from pycodegen.data.split import SPLITS, split_groups
 from pycodegen.data.tasks import Item, char_chunks, docstring_row, instruction_row, window_starts
 from pycodegen.data.tokenizers import CharVocab, control_token, train_bpe, with_control_tokens
@@ -117,29 +116,18 @@ class Preparer:
             f"{plural(len(scan.functions), 'function')}"
             + (f"; skipped {skipped} ({reasons})" if scan.skipped else "")
         )
-        items: list[Item] = []
         if cfg.task == "lm-windows":
-            sigs_by_file: dict[str, set] = {}
-            for fn in scan.functions:
-                sigs_by_file.setdefault(fn.path, set()).update({fn.signature_key})
-            for f in scan.files:
-                items.append(Item(f.path, f.group, f.text, "", f.lang, f, sigs_by_file.get(f.path, set())))
-            return items
-        for fn in scan.functions:
-            fid = f"{fn.path}::{fn.qualname}"
-            if cfg.task == "docstring-to-body":
-                if fn.docstring is None or not fn.body:
-                    self.counts["dropped_no_docstring_or_body"] += 1
-                    continue
-                items.append(Item(fid, fn.group, fn.source, "", "python", fn, {fn.signature_key}))
-            elif cfg.task == "instruction":
-                if fn.docstring is None or not fn.body:
-                    self.counts["dropped_no_docstring_or_body"] += 1
-                    continue
-                code = "".join(f"@{d}\n" for d in fn.decorators) + fn.signature + "\n" + fn.body
-                items.append(Item(fid, fn.group, code, fn.docstring, "python", fn, {fn.signature_key}))
-            else:  # char-stream
-                items.append(Item(fid, fn.group, fn.source, "", "python", fn, {fn.signature_key}))
+            return file_items(scan.files, scan.functions)
+        return self._keep([function_item(fn, cfg.task) for fn in scan.functions])
+
+    def _keep(self, made: list[Item | str]) -> list[Item]:
+        """The items made; a string in their place is the reason a record gave none, counted."""
+        items = []
+        for it in made:
+            if isinstance(it, str):
+                self.counts[it] += 1
+            else:
+                items.append(it)
         return items
 
     def _pair_items(self, path: Path) -> list[Item]:
@@ -163,23 +151,7 @@ class Preparer:
             f"read {plural(read.rows, 'row')} of {read.format} from {path}"
             + (f"; skipped {len(read.bad_lines)} malformed" if read.bad_lines else "")
         )
-        items: list[Item] = []
-        for pair in read.records:
-            sigs = function_signatures(pair.code)
-            if cfg.task == "docstring-to-body":
-                fn = pair_to_function(pair)
-                if fn is None:
-                    self.counts["dropped_no_function"] += 1
-                    continue
-                items.append(Item(pair.id, pair.group, fn.source, pair.text, "python", fn, sigs, pair.tests))
-            elif cfg.task == "lm-windows":
-                record = FileRecord(pair.id, "python", pair.code, pair.group)
-                items.append(Item(pair.id, pair.group, pair.code, "", "python", record, sigs))
-            else:
-                items.append(
-                    Item(pair.id, pair.group, pair.code, pair.text, "python", pair, sigs, pair.tests)
-                )
-        return items
+        return self._keep([pair_item(pair, cfg.task) for pair in read.records])
 
     # -- cleaning -------------------------------------------------------------------------------------
     def clean(self, items: list[Item]) -> list[Item]:
