@@ -275,8 +275,9 @@ def _mbpp_test_row(task_id: int) -> dict:
     return next(r for r in mbpp_rows("test") if r["task_id"] == task_id)
 
 
-def test_pasted_mbpp_test_problems_are_caught(tmp_path: Path) -> None:
-    """A test problem pasted with its description, and another's solution alone (renamed, re-documented)."""
+def test_pasted_test_problems_are_caught(tmp_path: Path, humaneval_rows: list[dict]) -> None:
+    """An MBPP test problem pasted with its description; the solutions alone (renamed, re-documented) of
+    another MBPP test problem and of a HumanEval problem."""
     src = tmp_path / "src"
     src.mkdir()
     woodall = _mbpp_test_row(20)  # is_woodall: description as the docstring, code as written
@@ -287,10 +288,17 @@ def test_pasted_mbpp_test_problems_are_caught(tmp_path: Path) -> None:
     body = odd["code"].split("\n", 1)[1]
     (src / "odd.py").write_text(f'def odd_one_out(arr, arr_size):\n    """The odd one out."""\n{body}')
     (src / "clean.py").write_text('def halve(x):\n    """Half of x."""\n    return x / 2\n')
+    he = humaneval_rows[0]  # a HumanEval solution alone (a quarter of the problem's words), re-documented
+    header = 'def close(numbers, threshold):\n    """Any two close?"""\n'
+    (src / "close.py").write_text(header + he["canonical_solution"])
     cfg = PrepareConfig(source=str(src), out=tmp_path / "o", workers=1, valid_fraction=0, test_fraction=0)
     m = prepare(cfg)
     dropped = {d["id"]: d["matched"] for d in m["decontamination"]["dropped"]}
-    assert dropped == {"woodall.py::is_woodall": "mbpp/20", "odd.py::odd_one_out": "mbpp/29"}
+    assert dropped == {
+        "woodall.py::is_woodall": "mbpp/20",
+        "odd.py::odd_one_out": "mbpp/29",
+        "close.py::close": he["task_id"],
+    }
     assert [r["qualname"] for r in _rows(tmp_path / "o", "train")] == ["halve"]
 
 

@@ -22,12 +22,14 @@ problem), so MBPP-style problems are matched by words only.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pycodegen.benchmarks import humaneval_path, load_humaneval_file, mbpp_rows
+from pycodegen.data.formats import read_dataset
 from pycodegen.pyast import try_parse
 
 WORD_RE = re.compile(r"\w+")
@@ -56,8 +58,6 @@ def function_signatures(code: str) -> set[Signature]:
     >>> sorted(function_signatures("def add(a, b):\\n    return a + b\\n"))
     [('add', ('a', 'b'))]
     """
-    import ast
-
     tree = try_parse(code)
     if tree is None:
         return set()
@@ -92,8 +92,6 @@ def load_mbpp_test() -> list[EvalProblem]:
 
 def load_eval_file(path: Path) -> list[EvalProblem]:
     """Problems from any dataset file pycodegen can read (HumanEval-style JSONL, MBPP, ...)."""
-    from pycodegen.data.formats import read_dataset
-
     read = read_dataset(path)
     problems = []
     for r in read.records:
