@@ -30,7 +30,7 @@ def split_path(dataset_dir: Path, split: str) -> Path:
 
 
 def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest.json` (indented, sorted as given, UTF-8 kept) into a dataset directory.
+    """Write `manifest.json` (indented, keys in the order given, UTF-8 kept) into a dataset directory.
 
     Not atomic on its own: `prepare` writes the whole directory under a temporary name and renames it.
     """
