@@ -5,14 +5,19 @@ from __future__ import annotations
 import ast
 import io
 import json
+import subprocess
+import sys
 import tokenize
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from pycodegen.config import PrepareConfig
 from pycodegen.data.prepare import prepare, read_manifest
-from pycodegen.errors import ConfigError
+from pycodegen.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(out: Path, split: str) -> list[dict]:
@@ -138,7 +143,12 @@ def test_instruction_view_from_mbpp_uses_hust_template(shared_data: Path, tmp_pa
     ids = {r["id"] for r in _all_rows(out)}
     # The MBPP test split (task_ids 11-510) is an evaluation set: none of it may remain.
     assert not any(11 <= int(i.split("/")[1]) <= 510 for i in ids)
-    assert m["decontamination"]["dropped_count"] >= 500
+    dropped = [int(d["id"].split("/")[1]) for d in m["decontamination"]["dropped"]]
+    assert sum(11 <= i <= 510 for i in dropped) == 500
+    # ... but generic phrasing shared with it is not contamination: of the 472 other rows left after
+    # dedup, the old any-shared-10-gram rule dropped 131 (28 %); the copies it keeps dropping are near
+    # duplicates of a test problem (same solution, one word changed), under 10 %.
+    assert sum(not 11 <= i <= 510 for i in dropped) < 47
     row = _rows(out, "train")[0]
     assert row["prompt"].startswith("### Instruction: Create a Python script for this problem: ")
     assert row["prompt"].endswith(" ### Response:") and row["tests"]
@@ -254,3 +264,149 @@ def test_lm_windows_with_empty_splits(messy_tree: Path, tmp_path: Path) -> None:
     )
     assert m["splits"]["valid"]["rows"] == 0 and m["splits"]["train"]["rows"] > 0
     assert (tmp_path / "w" / "valid.jsonl").read_text() == ""
+
+
+# -- decontamination: a copy is caught, a shared phrase is not -------------------------------------------
+
+
+def _mbpp_test_row(task_id: int) -> dict:
+    from pycodegen.benchmarks import mbpp_rows
+
+    return next(r for r in mbpp_rows("test") if r["task_id"] == task_id)
+
+
+def test_pasted_test_problems_are_caught(tmp_path: Path, humaneval_rows: list[dict]) -> None:
+    """An MBPP test problem pasted with its description; the solutions alone (renamed, re-documented) of
+    another MBPP test problem and of a HumanEval problem."""
+    src = tmp_path / "src"
+    src.mkdir()
+    woodall = _mbpp_test_row(20)  # is_woodall: description as the docstring, code as written
+    name_end = woodall["code"].index("\n") + 1
+    doc = f'\t"""{woodall["text"]}"""\n'
+    (src / "woodall.py").write_text(woodall["code"][:name_end] + doc + woodall["code"][name_end:])
+    odd = _mbpp_test_row(29)  # get_Odd_Occurrence: only the body, under another name and docstring
+    body = odd["code"].split("\n", 1)[1]
+    (src / "odd.py").write_text(f'def odd_one_out(arr, arr_size):\n    """The odd one out."""\n{body}')
+    (src / "clean.py").write_text('def halve(x):\n    """Half of x."""\n    return x / 2\n')
+    he = humaneval_rows[0]  # a HumanEval solution alone (a quarter of the problem's words), re-documented
+    header = 'def close(numbers, threshold):\n    """Any two close?"""\n'
+    (src / "close.py").write_text(header + he["canonical_solution"])
+    cfg = PrepareConfig(source=str(src), out=tmp_path / "o", workers=1, valid_fraction=0, test_fraction=0)
+    m = prepare(cfg)
+    dropped = {d["id"]: d["matched"] for d in m["decontamination"]["dropped"]}
+    assert dropped == {
+        "woodall.py::is_woodall": "mbpp/20",
+        "odd.py::odd_one_out": "mbpp/29",
+        "close.py::close": he["task_id"],
+    }
+    assert [r["qualname"] for r in _rows(tmp_path / "o", "train")] == ["halve"]
+
+
+def test_generic_phrasing_alone_is_not_contamination(tmp_path: Path) -> None:
+    """MBPP-style rows that share only boilerplate with the MBPP test split are kept.
+
+    Before: the first was dropped on "Write a python function to check whether the given number" (a phrase
+    many MBPP test problems share), the second on its name alone (`Check_Solution(a, b, c)` is mbpp/359's
+    name, and that of unrelated MBPP problems too)."""
+    rows = [
+        {
+            "task_id": 9001,
+            "text": "Write a python function to check whether the given number is a perfect cube or not.",
+            "code": "def is_cube(n):\n    root = round(abs(n) ** (1 / 3))\n    return root ** 3 == abs(n)\n",
+            "test_list": ["assert is_cube(27)"],
+        },
+        {
+            "task_id": 9002,
+            "text": "Write a python function to check whether a quadratic has two real roots.",
+            "code": 'def Check_Solution(a, b, c):\n    return "Yes" if b * b - 4 * a * c > 0 else "No"\n',
+            "test_list": ['assert Check_Solution(1, 3, 1) == "Yes"'],
+        },
+        {**_mbpp_test_row(20), "task_id": 9003},  # a verbatim copy of a test problem, under another id
+    ]
+    source = tmp_path / "mine.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = prepare(
+        PrepareConfig(
+            source=str(source), out=tmp_path / "o", task="instruction", valid_fraction=0, test_fraction=0
+        )
+    )
+    assert [(d["id"], d["matched"]) for d in m["decontamination"]["dropped"]] == [("mbpp/9003", "mbpp/20")]
+    assert [r["id"] for r in _rows(tmp_path / "o", "train")] == ["mbpp/9001", "mbpp/9002"]
+
+
+# -- empty, tiny and single-file sources ---------------------------------------------------------------------
+
+
+def test_empty_directory_is_an_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"empty: nothing to prepare .*no readable source file"):
+        prepare(PrepareConfig(source=str(empty), out=tmp_path / "o", workers=1))
+    assert not (tmp_path / "o").exists()
+    # The CLI prints that one line and exits 2 (run as a user runs it, with this checkout's code).
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pycodegen", "prepare", "--source", str(empty), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if "error" in line]
+    assert error.startswith("error:") and "nothing to prepare" in error
+    assert "Traceback" not in done.stderr
+
+
+def test_everything_dropped_says_by_which_stage(tmp_path: Path, humaneval_rows: list[dict]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    he = humaneval_rows[0]
+    (src / "leak.py").write_text(he["prompt"] + he["canonical_solution"])
+    with pytest.raises(DataError, match=r"all 1 record were dropped \(decontamination 1\)"):
+        prepare(PrepareConfig(source=str(src), out=tmp_path / "o", workers=1))
+
+
+def test_tiny_splits_warn_and_name_the_split(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"m{i}.py").write_text(f'def f{i}(x):\n    """Add {i}."""\n    return x + {i} * {i}\n')
+    out = io.StringIO()
+    prepare(
+        PrepareConfig(source=str(src), out=tmp_path / "o", workers=1, valid_fraction=0, test_fraction=0.1),
+        Console(file=out, width=300),
+    )
+    log = out.getvalue()
+    assert "warning: the test split has only 1 record (fewer than 10)" in log
+    assert "the train split" not in log and "valid split" not in log  # 11 train records; valid asked for 0
+
+
+def test_a_single_python_file_is_a_source_tree_of_one_file(tmp_path: Path) -> None:
+    from conftest import GOOD_MODULE
+
+    script = tmp_path / "geometry.py"
+    script.write_text(GOOD_MODULE)
+    out = io.StringIO()
+    m = prepare(
+        PrepareConfig(source=str(script), out=tmp_path / "o", valid_fraction=0, test_fraction=0),
+        Console(file=out, width=300),
+    )
+    assert m["source"]["kind"] == "python-tree" and m["source"]["files_by_language"] == {"python": 1}
+    assert sorted(r["qualname"] for r in _rows(tmp_path / "o", "train")) == ["Shape.scaled", "area"]
+    assert _rows(tmp_path / "o", "train")[0]["path"] == "geometry.py"
+    assert "read 1 file (" in out.getvalue() and "1 files" not in out.getvalue()
+
+
+def test_read_split_names_file_and_line(messy_tree: Path, tmp_path: Path) -> None:
+    from pycodegen.data.dataset_dir import read_split
+
+    out = tmp_path / "d"
+    prepare(PrepareConfig(source=str(messy_tree), out=out, workers=1, valid_fraction=0, test_fraction=0))
+    assert read_split(out, "train") == _rows(out, "train") and read_split(out, "valid") == []
+    lines = (out / "train.jsonl").read_text().splitlines()
+    (out / "train.jsonl").write_text("\n".join([lines[0], '{"id": ', *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"train.jsonl:2: invalid JSON"):
+        read_split(out, "train")
+    with pytest.raises(DataError, match=r"is not a prepared dataset"):
+        read_manifest(tmp_path)

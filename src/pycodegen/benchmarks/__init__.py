@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycodegen.errors import DataError, unknown_name
+from pycodegen.jsonl import read_jsonl
 
 # MBPP's standard split by task_id (the paper's Section 2.1).
 MBPP_SPLITS = {
@@ -141,6 +142,14 @@ def mbpp_problem(row: dict) -> Problem:
         style="mbpp",
         examples=[(t, "") for t in row["test_list"]],
     )
+
+
+def mbpp_rows(split: str = "test") -> list[dict]:
+    """The raw MBPP rows (task_id, text, code, test_list, ...) of one standard split."""
+    if split not in MBPP_SPLITS:
+        raise unknown_name("MBPP split", split, list(MBPP_SPLITS))
+    ids = MBPP_SPLITS[split]
+    return [r for r in read_jsonl(mbpp_path()) if r["task_id"] in ids]
 
 
 def load_mbpp(split: str = "test") -> list[Problem]:

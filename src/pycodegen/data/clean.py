@@ -10,6 +10,8 @@ import ast
 import io
 import tokenize
 
+from pycodegen.pyast import try_parse
+
 
 def _tokens(code: str) -> list[tokenize.TokenInfo] | None:
     try:
@@ -83,11 +85,7 @@ def parses(code: str) -> bool:
     >>> parses("def f(): return 1"), parses("def f(:")
     (True, False)
     """
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
-    return True
+    return try_parse(code) is not None
 
 
 def defines_function_that_returns(code: str) -> bool:
@@ -98,9 +96,8 @@ def defines_function_that_returns(code: str) -> bool:
     >>> defines_function_that_returns("def f(x):\\n    print(x)\\n")
     False
     """
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = try_parse(code)
+    if tree is None:
         return False
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

@@ -20,95 +20,33 @@ from rich.console import Console
 
 from pycodegen import __version__
 from pycodegen.config import PrepareConfig
+from pycodegen.console import console as default_console
+from pycodegen.console import plural, progress
 from pycodegen.data import clean
+from pycodegen.data.dataset_dir import MANIFEST, read_manifest, split_path, write_manifest
 from pycodegen.data.decontaminate import (
     Decontaminator,
     EvalProblem,
-    function_signatures,
     load_eval_file,
     load_humaneval,
     load_mbpp_test,
 )
 from pycodegen.data.dedup import deduplicate
 from pycodegen.data.formats import read_dataset
-from pycodegen.data.python_tree import extract_functions, scan_tree, stdlib_root
-from pycodegen.data.records import FileRecord, FunctionRecord, PairRecord
+from pycodegen.data.items import file_items, function_item, pair_item
+from pycodegen.data.python_tree import is_source_file, iter_source_files, scan_tree, stdlib_root
+from pycodegen.data.rewrite import rewritten_item
 from pycodegen.data.split import SPLITS, split_groups
 from pycodegen.data.tasks import Item, char_chunks, docstring_row, instruction_row, window_starts
 from pycodegen.data.tokenizers import CharVocab, control_token, train_bpe, with_control_tokens
 from pycodegen.errors import ConfigError, DataError
+from pycodegen.jsonl import write_jsonl
 
-MANIFEST = "manifest.json"
+__all__ = ["Preparer", "prepare", "read_manifest"]  # read_manifest: re-exported for train/ until it imports
+# pycodegen.data.dataset_dir itself
+
 EXAMPLES_IN_MANIFEST = 50
-
-
-def _signature_keys(fn: FunctionRecord) -> set[tuple[str, tuple[str, ...]]]:
-    return {(fn.name, tuple(fn.arg_names))}
-
-
-def _reparse_function(source: str, like: FunctionRecord) -> FunctionRecord | None:
-    """Re-extract a function from rewritten source, keeping its origin (path, line, class)."""
-    import ast
-
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    found = extract_functions(tree, source.splitlines(keepends=True), like.path, like.group)
-    if not found:
-        return None
-    fn = found[0]
-    fn.qualname, fn.class_name, fn.lineno, fn.end_lineno = (
-        like.qualname,
-        like.class_name,
-        like.lineno,
-        like.end_lineno,
-    )
-    return fn
-
-
-def pair_to_function(pair: PairRecord) -> FunctionRecord | None:
-    """The first function in a pair's code, its docstring taken from the pair's text if it has none.
-
-    >>> code = "def add(a, b):\\n    return a + b\\n"
-    >>> fn = pair_to_function(PairRecord("p/1", "Add two numbers.", code, "g", "x"))
-    >>> print(fn.prompt + fn.body, end="")
-    def add(a, b):
-        \"\"\"Add two numbers.\"\"\"
-        return a + b
-    """
-    import ast
-
-    try:
-        tree = ast.parse(pair.code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    found = [
-        f for f in extract_functions(tree, pair.code.splitlines(keepends=True), pair.id, pair.group) if f.body
-    ]
-    if not found:
-        return None
-    fn = found[0]
-    if fn.docstring is None:
-        indent = fn.body[: len(fn.body) - len(fn.body.lstrip(" \t"))]
-        fn.prompt += f"{indent}{docstring_literal(pair.text.strip(), indent)}\n"
-        fn.docstring = pair.text.strip()
-    return fn
-
-
-def docstring_literal(text: str, indent: str = "") -> str:
-    """A triple-quoted literal whose value is `text` (quotes and backslashes escaped).
-
-    >>> import ast
-    >>> samples = ['Say "hi"', "a \\\\ b", "x" + '"' * 3 + "y", "plain"]
-    >>> [ast.literal_eval(docstring_literal(t)) == t for t in samples]
-    [True, True, True, True]
-    """
-    quote3 = '"' * 3
-    body = text.replace("\\", "\\\\").replace(quote3, '\\"' * 3)
-    if body.endswith('"'):
-        body = body[:-1] + '\\"'
-    return quote3 + body.replace("\n", "\n" + indent) + quote3
+TINY_SPLIT = 10  # a split with fewer records than this gives noisy numbers: warn
 
 
 class Preparer:
@@ -116,12 +54,15 @@ class Preparer:
 
     def __init__(self, cfg: PrepareConfig, console: Console | None = None) -> None:
         self.cfg = cfg
-        self.console = console or Console(stderr=True)
+        self.console = console or default_console
         self.counts: Counter[str] = Counter()
         self.manifest: dict[str, Any] = {}
 
     def log(self, message: str) -> None:
         self.console.print(f"[bold cyan]prepare[/] {message}")
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[bold yellow]warning:[/] {message}")
 
     # -- sources --------------------------------------------------------------------------------------
     def load_items(self) -> list[Item]:
@@ -129,31 +70,24 @@ class Preparer:
         root = Path(cfg.source).expanduser() if cfg.source else stdlib_root()
         if not root.exists():
             raise DataError(f"source {root} does not exist")
-        if root.is_dir():
+        # A directory, or one source file (`--source script.py`), is a source tree; any other file is a
+        # dataset (JSON / JSONL) whose format is detected from its fields.
+        if root.is_dir() or (is_source_file(root) and cfg.format in ("auto", "python-tree")):
             if cfg.format not in ("auto", "python-tree"):
                 raise ConfigError(f"--format {cfg.format} reads a dataset file, but {root} is a directory")
             return self._tree_items(root)
         if cfg.format == "python-tree":
-            raise ConfigError(f"--format python-tree needs a directory, but {root} is a file")
+            raise ConfigError(
+                f"--format python-tree needs a directory or a source file, but {root} is neither"
+            )
         return self._pair_items(root)
 
     def _tree_items(self, root: Path) -> list[Item]:
         cfg = self.cfg
         keep_text = cfg.task == "lm-windows"
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from pycodegen.data.python_tree import iter_source_files
-
         total = sum(1 for _ in iter_source_files(root, cfg.exclude))
-        with Progress(
-            TextColumn("[cyan]parsing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        ) as progress:
-            bar = progress.add_task("files", total=total)
+        with progress("parsing", self.console, transient=True) as bars:
+            bar = bars.add_task("files", total=total, status="")
             scan = scan_tree(
                 root,
                 exclude=cfg.exclude,
@@ -161,7 +95,7 @@ class Preparer:
                 keep_text=keep_text,
                 group_by_repo=cfg.split_by == "repo",
                 workers=cfg.workers,
-                progress=lambda n: progress.advance(bar, n),
+                progress=lambda n: bars.advance(bar, n),
             )
         self.counts.update(scan.counts)
         self.manifest["source"] = {
@@ -175,38 +109,25 @@ class Preparer:
             "counts": {r: len(p) for r, p in sorted(scan.skipped.items())},
             "paths": {r: p for r, p in sorted(scan.skipped.items())},
         }
+        reasons = ", ".join(f"{r}: {len(p)}" for r, p in sorted(scan.skipped.items()))
+        skipped = sum(len(p) for p in scan.skipped.values())
         self.log(
-            f"read {scan.counts['files_read']} files ({scan.bytes_read / 1e6:.1f} MB), "
-            f"{len(scan.functions)} functions; skipped {sum(len(p) for p in scan.skipped.values())} "
-            + (
-                f"({', '.join(f'{r}: {len(p)}' for r, p in sorted(scan.skipped.items()))})"
-                if scan.skipped
-                else ""
-            )
+            f"read {plural(scan.counts['files_read'], 'file')} ({scan.bytes_read / 1e6:.1f} MB), "
+            f"{plural(len(scan.functions), 'function')}"
+            + (f"; skipped {skipped} ({reasons})" if scan.skipped else "")
         )
-        items: list[Item] = []
         if cfg.task == "lm-windows":
-            sigs_by_file: dict[str, set] = {}
-            for fn in scan.functions:
-                sigs_by_file.setdefault(fn.path, set()).update(_signature_keys(fn))
-            for f in scan.files:
-                items.append(Item(f.path, f.group, f.text, "", f.lang, f, sigs_by_file.get(f.path, set())))
-            return items
-        for fn in scan.functions:
-            fid = f"{fn.path}::{fn.qualname}"
-            if cfg.task == "docstring-to-body":
-                if fn.docstring is None or not fn.body:
-                    self.counts["dropped_no_docstring_or_body"] += 1
-                    continue
-                items.append(Item(fid, fn.group, fn.source, "", "python", fn, _signature_keys(fn)))
-            elif cfg.task == "instruction":
-                if fn.docstring is None or not fn.body:
-                    self.counts["dropped_no_docstring_or_body"] += 1
-                    continue
-                code = "".join(f"@{d}\n" for d in fn.decorators) + fn.signature + "\n" + fn.body
-                items.append(Item(fid, fn.group, code, fn.docstring, "python", fn, _signature_keys(fn)))
-            else:  # char-stream
-                items.append(Item(fid, fn.group, fn.source, "", "python", fn, _signature_keys(fn)))
+            return file_items(scan.files, scan.functions)
+        return self._keep([function_item(fn, cfg.task) for fn in scan.functions])
+
+    def _keep(self, made: list[Item | str]) -> list[Item]:
+        """The items made; a string in their place is the reason a record gave none, counted."""
+        items = []
+        for it in made:
+            if isinstance(it, str):
+                self.counts[it] += 1
+            else:
+                items.append(it)
         return items
 
     def _pair_items(self, path: Path) -> list[Item]:
@@ -227,26 +148,10 @@ class Preparer:
         self.counts["rows"] = read.rows
         self.counts["bad_lines"] = len(read.bad_lines)
         self.log(
-            f"read {read.rows} rows of {read.format} from {path}"
+            f"read {plural(read.rows, 'row')} of {read.format} from {path}"
             + (f"; skipped {len(read.bad_lines)} malformed" if read.bad_lines else "")
         )
-        items: list[Item] = []
-        for pair in read.records:
-            sigs = function_signatures(pair.code)
-            if cfg.task == "docstring-to-body":
-                fn = pair_to_function(pair)
-                if fn is None:
-                    self.counts["dropped_no_function"] += 1
-                    continue
-                items.append(Item(pair.id, pair.group, fn.source, pair.text, "python", fn, sigs, pair.tests))
-            elif cfg.task == "lm-windows":
-                record = FileRecord(pair.id, "python", pair.code, pair.group)
-                items.append(Item(pair.id, pair.group, pair.code, "", "python", record, sigs))
-            else:
-                items.append(
-                    Item(pair.id, pair.group, pair.code, pair.text, "python", pair, sigs, pair.tests)
-                )
-        return items
+        return self._keep([pair_item(pair, cfg.task) for pair in read.records])
 
     # -- cleaning -------------------------------------------------------------------------------------
     def clean(self, items: list[Item]) -> list[Item]:
@@ -261,10 +166,11 @@ class Preparer:
                 if cfg.normalize_indent:
                     code = clean.normalize_indent(code)
                 if code != item.code:
-                    item = self._rewritten(item, code)
-                    if item is None:
+                    rewritten = rewritten_item(item, code, cfg.task)
+                    if rewritten is None:
                         self.counts["dropped_clean_failed"] += 1
                         continue
+                    item = rewritten
             if cfg.require_parse and not clean.parses(item.code):
                 self.counts["dropped_does_not_parse"] += 1
                 continue
@@ -273,19 +179,6 @@ class Preparer:
                 continue
             kept.append(item)
         return kept
-
-    def _rewritten(self, item: Item, code: str) -> Item | None:
-        record = item.record
-        if isinstance(record, FunctionRecord) and self.cfg.task == "docstring-to-body":
-            fn = _reparse_function(code, record)
-            if fn is None or not fn.body:
-                return None
-            if item.text and fn.docstring is None:  # a pair's description inserted as docstring
-                fn = pair_to_function(PairRecord(item.id, item.text, code, item.group, "")) or fn
-            record = fn
-        elif isinstance(record, FileRecord):
-            record = FileRecord(record.path, record.lang, code, record.group)
-        return Item(item.id, item.group, code, item.text, item.lang, record, item.signatures, item.tests)
 
     # -- dedup and decontamination --------------------------------------------------------------------
     def dedup(self, items: list[Item]) -> list[Item]:
@@ -312,7 +205,9 @@ class Preparer:
                 :EXAMPLES_IN_MANIFEST
             ],
         }
-        self.log(f"dedup: {len(result.exact)} exact and {len(result.near)} near duplicates dropped")
+        self.log(
+            f"dedup: {len(result.exact):,} exact and {plural(len(result.near), 'near duplicate')} dropped"
+        )
         return [items[i] for i in result.keep]
 
     def eval_problems(self) -> tuple[list[EvalProblem], list[dict[str, Any]]]:
@@ -337,7 +232,8 @@ class Preparer:
 
     def decontaminate(self, items: list[Item]) -> list[Item]:
         problems, sets = self.eval_problems()
-        checker = Decontaminator(problems, n=self.cfg.ngram)
+        min_overlap = getattr(self.cfg, "min_overlap", 0.5)  # a PrepareConfig field once the lead adds it
+        checker = Decontaminator(problems, n=self.cfg.ngram, min_overlap=min_overlap)
         kept, dropped = [], []
         for item in items:
             hit = checker.check(f"{item.text}\n{item.code}", item.signatures) if problems else None
@@ -348,12 +244,14 @@ class Preparer:
         self.manifest["decontamination"] = {
             "eval_sets": sets,
             "ngram": self.cfg.ngram,
+            "min_overlap": min_overlap,
+            "common_ngrams_ignored": checker.common,
             "dropped_count": len(dropped),
             "dropped": dropped,
         }
         self.log(
-            f"decontamination: {len(dropped)} records overlap "
-            f"{sum(s['problems'] for s in sets)} eval problems"
+            f"decontamination: {plural(len(dropped), 'record')} dropped for reproducing one of "
+            f"{plural(sum(s['problems'] for s in sets), 'eval problem')}"
         )
         return kept
 
@@ -369,7 +267,8 @@ class Preparer:
             return None
         if cfg.train_tokenizer or (cfg.task == "lm-windows" and cfg.tokenizer is None):
             self.log(
-                f"training a byte-level BPE (vocab {cfg.vocab_size}) on {len(train_items)} train records"
+                f"training a byte-level BPE (vocab {cfg.vocab_size}) on "
+                f"{plural(len(train_items), 'train record')}"
             )
             return train_bpe(
                 (f"{it.text}\n{it.code}" if it.text else it.code for it in train_items), cfg.vocab_size
@@ -418,6 +317,61 @@ class Preparer:
         return rows
 
     # -- the whole run --------------------------------------------------------------------------------
+    def check_not_empty(self, items: list[Item]) -> None:
+        """An empty result is an error, not a dataset of 0/0/0 rows; the message says where records went."""
+        if items:
+            return
+        c = self.counts
+        source = self.manifest.get("source", {})
+        where = source.get("path", self.cfg.source)
+        if not c["items"]:
+            if source.get("kind") != "python-tree":
+                found = f"{plural(c['rows'], 'row')} and no usable record"
+            elif c["files_read"]:
+                found = f"{plural(c['files_read'], 'source file')} and no usable function"
+            else:
+                found = "no readable source file (.py, .java, ...)"
+            raise DataError(f"{where}: nothing to prepare for --task {self.cfg.task}: {found}")
+        stages = {
+            "cleaning": c["items"] - c["after_clean"],
+            "dedup": c["after_clean"] - c["after_dedup"],
+            "decontamination": c["after_dedup"] - c["after_decontamination"],
+        }
+        why = ", ".join(f"{stage} {n}" for stage, n in stages.items() if n)
+        raise DataError(
+            f"{where}: all {plural(c['items'], 'record')} were dropped ({why}); nothing is left to split"
+        )
+
+    def warn_tiny_splits(self, by_split: dict[str, list[Item]]) -> None:
+        fractions = {"valid": self.cfg.valid_fraction, "test": self.cfg.test_fraction}
+        for split, items in by_split.items():
+            if len(items) < TINY_SPLIT and fractions.get(split, 1) > 0:
+                self.warn(
+                    f"the {split} split has only {plural(len(items), 'record')} (fewer than {TINY_SPLIT}); "
+                    "its numbers will be noisy: use a larger source or a larger fraction"
+                )
+
+    def write_views(self, tmp: Path, by_split: dict[str, list[Item]]) -> dict[str, dict[str, int]]:
+        """Tokenizer or vocabulary (trained on the train split only) and the three split files."""
+        tokenizer = self.tokenizer(by_split["train"])
+        vocab = None
+        if self.cfg.task == "char-stream":
+            vocab = CharVocab.build(
+                f"{it.text}\n{it.code}" if it.text else it.code for it in by_split["train"]
+            )
+            vocab.save(tmp / "vocab.json")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "tokenizer")
+        split_counts: dict[str, dict[str, int]] = {}
+        for split, split_items in by_split.items():
+            rows = write_jsonl(split_path(tmp, split), self.rows(split_items, tokenizer, vocab))
+            split_counts[split] = {
+                "groups": len({it.group for it in split_items}),
+                "records": len(split_items),
+                "rows": rows,
+            }
+        return split_counts
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         out = Path(cfg.out)
@@ -428,47 +382,30 @@ class Preparer:
         started = time.perf_counter()
         items = self.load_items()
         self.counts["items"] = len(items)
+        self.check_not_empty(items)
         items = self.clean(items)
         self.counts["after_clean"] = len(items)
         items = self.dedup(items)
         self.counts["after_dedup"] = len(items)
         items = self.decontaminate(items)
         self.counts["after_decontamination"] = len(items)
+        self.check_not_empty(items)
 
         assignment = split_groups((it.group for it in items), cfg.valid_fraction, cfg.test_fraction, cfg.seed)
         by_split: dict[str, list[Item]] = {s: [] for s in SPLITS}
         for it in items:
             by_split[assignment[it.group]].append(it)
+        self.warn_tiny_splits(by_split)
 
+        # Everything is written under OUT.partial and renamed at the end: a failed run leaves OUT as it was.
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        tokenizer = self.tokenizer(by_split["train"])
-        vocab = None
-        if cfg.task == "char-stream":
-            vocab = CharVocab.build(
-                f"{it.text}\n{it.code}" if it.text else it.code for it in by_split["train"]
-            )
-            vocab.save(tmp / "vocab.json")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp / "tokenizer")
-
-        files: dict[str, str] = {}
-        split_counts: dict[str, dict[str, int]] = {}
-        for split, split_items in by_split.items():
-            rows = self.rows(split_items, tokenizer, vocab)
-            path = tmp / f"{split}.jsonl"
-            with path.open("w", encoding="utf-8", newline="\n") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            split_counts[split] = {
-                "groups": len({it.group for it in split_items}),
-                "records": len(split_items),
-                "rows": len(rows),
-            }
-        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            files[path.relative_to(tmp).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
-
+        split_counts = self.write_views(tmp, by_split)
+        files = {
+            path.relative_to(tmp).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(p for p in tmp.rglob("*") if p.is_file())
+        }
         manifest = {
             "pycodegen_version": __version__,
             "task": cfg.task,
@@ -479,17 +416,14 @@ class Preparer:
             "files": files,
             "dataset_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
         }
-        (tmp / MANIFEST).write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        write_manifest(tmp, manifest)
         if out.exists():
             shutil.rmtree(out)
         tmp.replace(out)
-        elapsed = time.perf_counter() - started
         self.log(
             f"wrote {out}: "
-            + ", ".join(f"{s} {c['rows']}" for s, c in split_counts.items())
-            + f" rows in {elapsed:.1f} s"
+            + ", ".join(f"{s} {plural(c['rows'], 'row')}" for s, c in split_counts.items())
+            + f" in {time.perf_counter() - started:.1f} s"
         )
         return manifest
 
@@ -497,13 +431,3 @@ class Preparer:
 def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict[str, Any]:
     """Run `prepare` for a config and return its manifest."""
     return Preparer(cfg, console).run()
-
-
-def read_manifest(dataset_dir: Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset directory."""
-    path = Path(dataset_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(
-            f"{dataset_dir} is not a prepared dataset (no {MANIFEST}); run `pycodegen prepare` first"
-        )
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""Walk a source tree and parse Python files with `ast` into function records and whole-file texts.
+"""Walk a source tree (or one source file) and parse Python files with `ast` into function records and
+whole-file texts.
 
 A bad file never stops a run: files that are not UTF-8, do not parse or exceed the size limit are
 skipped and counted by reason.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycodegen.data.records import FileRecord, FunctionRecord
+from pycodegen.pyast import try_parse
 
 # File extension → language control-token name (Autocoder trained on Python and Java; the rest ride along).
 LANGUAGES: dict[str, str] = {
@@ -34,8 +36,6 @@ LANGUAGES: dict[str, str] = {
     ".rb": "ruby",
     ".sh": "shell",
 }
-
-SKIP_REASONS = ("not-utf8", "syntax-error", "too-large", "unreadable")
 
 
 def stdlib_root() -> Path:
@@ -57,8 +57,27 @@ class FileResult:
     functions: list[FunctionRecord] = field(default_factory=list)
 
 
+def is_source_file(path: Path) -> bool:
+    """Whether `path` is a file in a known language: a source tree of one file.
+
+    >>> is_source_file(Path(__file__)), is_source_file(Path(__file__).parent)
+    (True, False)
+    """
+    return path.is_file() and path.suffix in LANGUAGES
+
+
+def tree_base(root: Path) -> Path:
+    """The directory paths are relative to: the root itself, or a single file's directory."""
+    return root.parent if root.is_file() else root
+
+
 def iter_source_files(root: Path, exclude: list[str]) -> Iterator[Path]:
-    """Files with a known language extension under `root`, in sorted (deterministic) order."""
+    """Files with a known language extension under `root` (or `root` itself, if it is one such file),
+    in sorted (deterministic) order."""
+    if root.is_file():
+        if root.suffix in LANGUAGES:
+            yield root
+        return
     excluded = set(exclude)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in excluded)
@@ -169,9 +188,8 @@ def parse_file(file: Path, root: Path, max_bytes: int, keep_text: bool, group_by
         return FileResult(rel, lang, group, digest, size, skipped="not-utf8")
     result = FileResult(rel, lang, group, digest, size, text=text if keep_text else None)
     if lang == "python":
-        try:
-            tree = ast.parse(text, filename=rel)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = try_parse(text, filename=rel)
+        if tree is None:
             return FileResult(rel, lang, group, digest, size, skipped="syntax-error")
         result.functions = extract_functions(tree, text.splitlines(keepends=True), rel, group)
     return result
@@ -207,6 +225,7 @@ def scan_tree(
 ) -> TreeScan:
     """Parse every source file under `root` (in parallel), in a deterministic order."""
     files = list(iter_source_files(root, exclude))
+    root = tree_base(root)
     workers = workers or os.cpu_count() or 1
     chunk = 32
     chunks = [files[i : i + chunk] for i in range(0, len(files), chunk)]

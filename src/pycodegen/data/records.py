@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -25,8 +25,10 @@ class FunctionRecord:
     class_name: str | None
     group: str  # split unit: file path or repository
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def signature_key(self) -> tuple[str, tuple[str, ...]]:
+        """(name, argument names): what decontamination compares with an evaluation prompt's signature."""
+        return (self.name, tuple(self.arg_names))
 
 
 @dataclass

@@ -9,7 +9,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-SPLITS = ("train", "valid", "test")
+from pycodegen.data.dataset_dir import SPLITS
+
+__all__ = ["SPLITS", "split_groups"]
 
 
 def split_groups(
