@@ -101,7 +101,14 @@ class PrepareCleaning(StrictModel):
     builtin_eval_sets: bool = Field(
         True, description="Decontaminate against HumanEval and the MBPP test split."
     )
-    ngram: int = Field(10, ge=3, description="Words in the n-gram that marks a record as contaminated.")
+    ngram: int = Field(10, ge=3, description="Words in the runs that mark a record as contaminated.")
+    min_overlap: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Share of one eval problem's distinctive words (or of its solution's) a record must "
+        "reproduce, in runs of --ngram words, to be dropped.",
+    )
 
 
 class PrepareSplit(StrictModel):
