@@ -232,7 +232,7 @@ class Preparer:
 
     def decontaminate(self, items: list[Item]) -> list[Item]:
         problems, sets = self.eval_problems()
-        min_overlap = getattr(self.cfg, "min_overlap", 0.5)  # a PrepareConfig field once the lead adds it
+        min_overlap = self.cfg.min_overlap
         checker = Decontaminator(problems, n=self.cfg.ngram, min_overlap=min_overlap)
         kept, dropped = [], []
         for item in items:
