@@ -45,6 +45,25 @@ def format_prompt(tokenizer: Any, text: str, mode: str) -> str:
     return text
 
 
+def _stop_strings_criterion(tokenizer: Any, stops: Sequence[str], start: int) -> Any:
+    """transformers' stop-string matcher (token-level, no decoding), shown the generated tokens only.
+
+    `generate(stop_strings=..., tokenizer=...)` matches at the end of the whole sequence, prompt
+    included, so a stop that straddles the prompt's end (a HumanEval prompt ends in a newline; a model
+    that starts by rewriting the function writes "def ", forming the stop "\\ndef ") would end the row
+    before it wrote anything. The stops apply to what the model wrote, as in the Codex harness.
+    """
+    from transformers import StoppingCriteria, StopStringCriteria
+
+    matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))
+
+    class GeneratedStopStrings(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            return matcher(input_ids[:, start:], scores, **kwargs)
+
+    return GeneratedStopStrings()
+
+
 def _code_block_criterion(tokenizer: Any, start: int) -> Any:
     """A stopping criterion: a row is done once its first fenced code block has closed.
 
@@ -102,7 +121,7 @@ def generate(
 ) -> list[list[str]]:
     """`sampling.n` completions (raw decoded text, cut at stops) for each fully formatted prompt, batched.
 
-    `stops` end a sequence through transformers' stop strings; `stop_after_code_block` ends it once its
+    `stops` end a sequence through transformers' stop-string matcher; `stop_after_code_block` ends it once its
     first fenced code block has closed: what a chat model says after its code is never executed, and
     generating it costs most of the time. The tokenizer is not modified.
     """
@@ -126,12 +145,15 @@ def generate(
         }
         if sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+        criteria = []
         if stops:
-            kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
+            criteria.append(_stop_strings_criterion(tokenizer, stops, start))
         if stop_after_code_block:
+            criteria.append(_code_block_criterion(tokenizer, start))
+        if criteria:
             from transformers import StoppingCriteriaList
 
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_code_block_criterion(tokenizer, start)])
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         with torch.no_grad():
             out = model.generate(**batch, **kwargs)
         # A row that stopped early is padded while the others go on; the stop text itself is cut here.
