@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pycodegen.console import plural
 from pycodegen.errors import DataError, PycodegenError
 
 # Run-card entries that must agree for two runs' numbers to be comparable.
@@ -39,9 +40,9 @@ def render_report(results: dict[str, Any]) -> str:
         lines.append(f"| {key} | {value if isinstance(value, str) else round(value, 4)} |")
     lines += [
         "",
-        f"{m['tasks']} tasks, {m['samples']} samples"
+        f"{plural(m['tasks'], 'task')}, {plural(m['samples'], 'sample')}"
         + (
-            f"; example-filtered pass@1 uses the `>>>` examples of {m['tasks_with_examples']} tasks"
+            f"; example-filtered pass@1 uses the `>>>` examples of {plural(m['tasks_with_examples'], 'task')}"
             if "tasks_with_examples" in m
             else ""
         ),
