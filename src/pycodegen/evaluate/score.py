@@ -199,33 +199,30 @@ def problem_set(scored: list[str], total: int, limit: int | None) -> dict[str, A
     return {"scored": len(ids), "total": total, "task_ids_sha256": digest, "limit": limit}
 
 
-def score_samples(
-    samples_path: Path,
+def _limited(
+    samples: list[dict[str, Any]], problem_list: list[Problem], limit: int | None, console: Console
+) -> list[dict[str, Any]]:
+    """The samples of the first `limit` problems (all without a limit); says how many were left out."""
+    if limit is None:
+        return samples
+    kept = {p.task_id for p in problem_list[:limit]}
+    outside = sum(s["task_id"] not in kept for s in samples)
+    if outside:
+        console.print(
+            f"[bold cyan]evaluate[/] --limit {limit}: {plural(outside, 'sample')} of other tasks ignored"
+        )
+    return [s for s in samples if s["task_id"] in kept]
+
+
+def _run_sandboxed(
+    samples: list[dict[str, Any]],
+    problems: dict[str, Problem],
+    name: str,
     settings: EvaluateConfig,
     console: Console,
-    meta: dict[str, Any] | None = None,
-    extra_metrics: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Score a samples file: execute every sample, compute every metric, write results.json and report.md."""
-    name, problem_list, dataset_sha = load_problems(settings.benchmark, settings.problems)
-    problems = {p.task_id: p for p in problem_list}
-    samples = read_samples(samples_path, problems)
-    if settings.limit is not None:
-        kept = {p.task_id for p in problem_list[: settings.limit]}
-        outside = sum(s["task_id"] not in kept for s in samples)
-        samples = [s for s in samples if s["task_id"] in kept]
-        if outside:
-            console.print(
-                f"[bold cyan]evaluate[/] --limit {settings.limit}: "
-                f"{plural(outside, 'sample')} of other tasks ignored"
-            )
-    if meta is None:
-        path = meta_path(samples_path)
-        meta = (
-            json.loads(path.read_text(encoding="utf-8"))
-            if path.is_file()
-            else {"model": "unknown (samples without samples.meta.json)", "prompt_mode": "unknown"}
-        )
+) -> tuple[VerdictLog, VerdictLog, dict[str, Any]]:
+    """Execute the samples' tests (and `>>>` examples) in the sandbox, resuming OUT's verdict logs;
+    returns both logs and the executor's card."""
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     jobs = [job_for(problems[s["task_id"]], s["completion"], s["sample_index"]) for s in samples]
@@ -235,7 +232,6 @@ def score_samples(
         if (j := example_job_for(problems[s["task_id"]], s["completion"], s["sample_index"])) is not None
     ]
     executor_settings = {"timeout_s": settings.timeout, "memory_mb": settings.memory_mb}
-    started = time.perf_counter()
     verdict_log = VerdictLog(
         out / "verdicts.jsonl", {(j.task_id, j.sample_index): fingerprint(j) for j in jobs}, executor_settings
     )
@@ -256,10 +252,33 @@ def score_samples(
             execute(jobs, verdict_log, executor, console, "tests")
             if settings.examples and example_jobs:
                 execute(example_jobs, example_log, executor, console, "examples")
-            executor_card = executor.describe()
+            return verdict_log, example_log, executor.describe()
     finally:
         verdict_log.close()
         example_log.close()
+
+
+def score_samples(
+    samples_path: Path,
+    settings: EvaluateConfig,
+    console: Console,
+    meta: dict[str, Any] | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score a samples file: execute every sample, compute every metric, write results.json and report.md."""
+    name, problem_list, dataset_sha = load_problems(settings.benchmark, settings.problems)
+    problems = {p.task_id: p for p in problem_list}
+    samples = _limited(read_samples(samples_path, problems), problem_list, settings.limit, console)
+    if meta is None:
+        path = meta_path(samples_path)
+        meta = (
+            json.loads(path.read_text(encoding="utf-8"))
+            if path.is_file()
+            else {"model": "unknown (samples without samples.meta.json)", "prompt_mode": "unknown"}
+        )
+    out = settings.out
+    started = time.perf_counter()
+    verdict_log, example_log, executor_card = _run_sandboxed(samples, problems, name, settings, console)
     elapsed = time.perf_counter() - started
     examples = example_log.verdicts if settings.examples else {}
     result_metrics = compute_metrics(problems, samples, verdict_log.verdicts, examples, settings.encoder)
@@ -310,13 +329,15 @@ def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
     assert cfg.model is not None
     name, problem_list, _ = load_problems(cfg.benchmark, cfg.problems)
     problem_list = problem_list[: cfg.limit] if cfg.limit else problem_list
+    from pycodegen.zoo import load_causal_lm
+
+    model, tokenizer = load_causal_lm(cfg.model)  # once, for the samples and the reference perplexity
     samples = cfg.out / "samples.jsonl"
-    meta = generate_samples(cfg.model, problem_list, samples, cfg, benchmark=name, console=console)
+    meta = generate_samples(
+        cfg.model, problem_list, samples, cfg, benchmark=name, console=console, loaded=(model, tokenizer)
+    )
     references = [p.reference for p in problem_list if p.reference]
     extra = {}
     if references:
-        from pycodegen.zoo import load_causal_lm
-
-        model, tokenizer = load_causal_lm(cfg.model)
         extra["reference_perplexity"] = round(metrics.model_perplexity(model, tokenizer, references), 4)
     return score_samples(samples, cfg, console, meta, extra)

@@ -68,13 +68,15 @@ def generate_samples(
     *,
     benchmark: str,
     console: Console,
+    loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate `sampling.n` samples per problem into `out` (resumable: finished tasks are kept); returns
-    the meta. On Ctrl-C, says how many tasks the file keeps and that rerunning resumes."""
+    the meta. `loaded` is the (model, tokenizer) of `model_ref` when the caller has it already. On Ctrl-C,
+    says how many tasks the file keeps and that rerunning resumes."""
     from pycodegen.generate.decoding import format_prompt, generate, resolve_prompt_mode
     from pycodegen.zoo import load_causal_lm
 
-    model, tokenizer = load_causal_lm(model_ref)
+    model, tokenizer = loaded or load_causal_lm(model_ref)
     mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode)
     n, temperature = sampling.n, sampling.temperature
     style_stops = HUMANEVAL_STOPS if mode == "raw" and all(p.style == "humaneval" for p in problems) else []
