@@ -215,3 +215,32 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_model: Path, tmp_p
     assert rerun.returncode == 0, rerun.stderr
     ids = [r["task_id"] for r in read_jsonl(out)]
     assert ids == [f"toy/{i}" for i in range(12)]
+
+
+def test_evaluate_with_a_model_generates_then_scores_the_first_problems(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from pycodegen.config import EvaluateConfig
+    from pycodegen.console import make_console
+    from pycodegen.evaluate.score import run_evaluation
+
+    problems = problems_file(tmp_path / "p.jsonl", 6)
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(
+        model=str(tiny_model),
+        problems=problems,
+        limit=3,
+        out=out,
+        max_new_tokens=8,
+        workers=1,
+        examples=False,
+    )
+    results = run_evaluation(cfg, make_console())
+    assert [r["task_id"] for r in read_jsonl(out / "samples.jsonl")] == ["toy/0", "toy/1", "toy/2"]
+    card = results["run_card"]
+    assert card["model"] == str(tiny_model) and card["prompt_mode"] == "raw"  # no chat template
+    assert (card["problems"]["scored"], card["problems"]["total"], card["problems"]["limit"]) == (3, 6, 3)
+    assert (
+        results["metrics"]["samples"] == 3 and results["metrics"]["text_metrics"]["reference_perplexity"] > 1
+    )
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results, default=str))

@@ -45,7 +45,7 @@ def format_prompt(tokenizer: Any, text: str, mode: str) -> str:
     return text
 
 
-def _stop_strings_criterion(tokenizer: Any, stops: Sequence[str], start: int) -> Any:
+def _generated_only(matcher: Any, start: int) -> Any:
     """transformers' stop-string matcher (token-level, no decoding), shown the generated tokens only.
 
     `generate(stop_strings=..., tokenizer=...)` matches at the end of the whole sequence, prompt
@@ -53,9 +53,7 @@ def _stop_strings_criterion(tokenizer: Any, stops: Sequence[str], start: int) ->
     that starts by rewriting the function writes "def ", forming the stop "\\ndef ") would end the row
     before it wrote anything. The stops apply to what the model wrote, as in the Codex harness.
     """
-    from transformers import StoppingCriteria, StopStringCriteria
-
-    matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))
+    from transformers import StoppingCriteria
 
     class GeneratedStopStrings(StoppingCriteria):
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
@@ -132,6 +130,11 @@ def generate(
     sample = sampling.temperature > 0
     device = getattr(model, "device", None)
     flat = [p for p in prompts for _ in range(sampling.n)]
+    matcher = None
+    if stops:  # built once: it indexes the whole vocabulary
+        from transformers import StopStringCriteria
+
+        matcher = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stops))
     outputs: list[str] = []
     for i in range(0, len(flat), sampling.batch_size):
         batch = _left_padded(tokenizer, flat[i : i + sampling.batch_size], pad_id)
@@ -146,8 +149,8 @@ def generate(
         if sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
         criteria = []
-        if stops:
-            criteria.append(_stop_strings_criterion(tokenizer, stops, start))
+        if matcher is not None:
+            criteria.append(_generated_only(matcher, start))
         if stop_after_code_block:
             criteria.append(_code_block_criterion(tokenizer, start))
         if criteria:
