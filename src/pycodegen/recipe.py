@@ -74,14 +74,16 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
         train(cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())}), console)
 
     def run_generate(cfg: Any) -> None:
-        from pycodegen.generate.run import run_generate as generate
+        from pycodegen.generate.freeform import run_generate as generate
 
-        if not cfg.prompt:
-            raise ConfigError(f"recipe {recipe.name!r}: generate needs at least one prompt")
-        generate(cfg, console, echo=True)
+        if not cfg.prompt and cfg.benchmark is None and cfg.problems is None:
+            raise ConfigError(f"recipe {recipe.name!r}: generate needs prompts, a benchmark or problems")
+        # A stage that runs again (its settings changed) replaces its own free-prompt output; benchmark
+        # samples resume instead (generate refuses other settings, so nothing stale is kept).
+        generate(cfg.model_copy(update={"overwrite": True}), console, echo=True)
 
     def run_evaluate(cfg: Any) -> None:
-        from pycodegen.evaluate.run import run_evaluation
+        from pycodegen.evaluate.score import run_evaluation
 
         run_evaluation(cfg, console)
 

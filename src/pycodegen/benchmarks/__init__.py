@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import ast
 import doctest
-import gzip
 import hashlib
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycodegen.errors import DataError, unknown_name
-from pycodegen.jsonl import read_jsonl
+from pycodegen.jsonl import iter_jsonl, read_jsonl
+from pycodegen.pyast import try_parse
 
 # MBPP's standard split by task_id (the paper's Section 2.1).
 MBPP_SPLITS = {
@@ -66,9 +65,8 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
     >>> docstring_examples('def f(x):\\n    \"\"\"\\n    >>> f(1)\\n    2\\n    \"\"\"\\n')
     [('f(1)', '2')]
     """
-    try:
-        tree = ast.parse(prompt + "    pass\n")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = try_parse(prompt + "    pass\n")
+    if tree is None:
         return []
     found = []
     for node in ast.walk(tree):
@@ -95,18 +93,17 @@ def _humaneval_problem(row: dict) -> Problem:
     )
 
 
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL file, gzipped or not."""
+    return list(iter_jsonl(path))
+
+
 def load_humaneval_file(path: Path) -> list[Problem]:
     """HumanEval-format JSONL (gzipped or not): task_id, prompt, entry_point, test[, canonical_solution]."""
-    raw = path.read_bytes()
-    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
     problems = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from None
+    for line_no, row in _rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         missing = [k for k in ("task_id", "prompt", "entry_point", "test") if k not in row]
         if missing:
             raise DataError(f"{path}:{line_no}: missing field(s) {', '.join(missing)} for a problems file")
@@ -120,8 +117,8 @@ def _mbpp_entry_point(row: dict) -> str:
     )
     if match:
         return match.group(1)
-    tree = ast.parse(row["code"])
-    return next(n.name for n in tree.body if isinstance(n, ast.FunctionDef))
+    tree = try_parse(row["code"])
+    return next(n.name for n in (tree.body if tree else []) if isinstance(n, ast.FunctionDef))
 
 
 def mbpp_problem(row: dict) -> Problem:
@@ -153,11 +150,8 @@ def mbpp_rows(split: str = "test") -> list[dict]:
 
 
 def load_mbpp(split: str = "test") -> list[Problem]:
-    if split not in MBPP_SPLITS:
-        raise unknown_name("MBPP split", split, list(MBPP_SPLITS))
-    ids = MBPP_SPLITS[split]
-    rows = [json.loads(x) for x in mbpp_path().read_text(encoding="utf-8").splitlines() if x.strip()]
-    return [mbpp_problem(r) for r in rows if r["task_id"] in ids]
+    """The MBPP problems of one standard split."""
+    return [mbpp_problem(r) for r in mbpp_rows(split)]
 
 
 BENCHMARKS: dict[str, Callable[[], list[Problem]]] = {

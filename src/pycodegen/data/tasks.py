@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycodegen.data.records import FileRecord, FunctionRecord, PairRecord
-
-HUST_TEMPLATE = "### Instruction: Create a Python script for this problem: {prompt} ### Response:"
+from pycodegen.templates import hust_prompt
 
 
 @dataclass
@@ -35,15 +34,6 @@ class Item:
     @property
     def dedup_key(self) -> str:
         return f"{self.text}\n{self.code}" if self.text else self.code
-
-
-def hust_prompt(instruction: str) -> str:
-    """The HUST instruction template.
-
-    >>> hust_prompt("add two numbers")
-    '### Instruction: Create a Python script for this problem: add two numbers ### Response:'
-    """
-    return HUST_TEMPLATE.format(prompt=instruction)
 
 
 def docstring_row(item: Item) -> dict[str, Any]:

@@ -1,1 +1,2 @@
-"""Evaluation: the sandboxed executor and pass@k, text metrics, benchmarks, reports."""
+"""`pycodegen evaluate` and `report`: completion → sandbox job (programs), samples → verdicts → results
+(score), report.md and run comparison (report)."""

@@ -7,6 +7,7 @@ import ast
 import re
 
 from pycodegen.benchmarks import Problem
+from pycodegen.pyast import try_parse
 from pycodegen.sandbox.executor import Job
 
 
@@ -29,9 +30,8 @@ def example_test(examples: list[tuple[str, str]]) -> str:
 
 def defines(code: str, name: str) -> bool:
     """Whether `code` defines a function `name` at top level (regex-free: parsed, or a textual fallback)."""
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = try_parse(code)
+    if tree is None:
         return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.M) is not None
     return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name for n in tree.body)
 
@@ -61,9 +61,8 @@ def generated_code(problem: Problem, completion: str) -> str:
     """
     if problem.style == "mbpp":
         return completion
-    try:
-        tree = ast.parse(completion)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = try_parse(completion)
+    if tree is None:
         return completion  # what the model wrote, as it is
     if not defines(completion, problem.entry_point):
         return completion

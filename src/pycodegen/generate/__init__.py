@@ -1,1 +1,2 @@
-"""Decoding (greedy, sampling, stops, batching) and prompt modes."""
+"""`pycodegen generate`: prompt modes and decoding (decoding), benchmark samples (samples), free-form
+prompts (freeform), post-processing of raw generations (postprocess)."""

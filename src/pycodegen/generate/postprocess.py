@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import re
 
+from pycodegen.pyast import try_parse
+
 # Codex-paper stop sequences for raw completion of a function body.
 HUMANEVAL_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
 CODE_BLOCK = re.compile(r"```(?:[Pp]ython3?|py)?[^\n]*\n(.*?)(?:```|$)", re.S)
@@ -49,9 +51,8 @@ def keep_function(code: str, name: str) -> str:
     def f(x):
         return math.sqrt(x)
     """
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    tree = try_parse(code)
+    if tree is None:
         return code
     if not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name for n in tree.body):
         return code

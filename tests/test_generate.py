@@ -1,0 +1,246 @@
+"""Decoding, free-form generation and benchmark samples, with a tiny GPT-2 built here (offline, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pycodegen.config import GenerateConfig, SamplingConfig
+from pycodegen.errors import PycodegenError
+from pycodegen.jsonl import read_jsonl, write_jsonl
+
+CORPUS = [
+    "def add(a, b):\n    return a + b\n",
+    "Here is the code:\n```python\nx = 1\n```\nIt sets x.\n",
+    "Write a function that returns the sum of a list.",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-layer, 32-wide GPT-2 with a byte-level BPE trained on CORPUS, saved as an HF directory.
+
+    Its tokenizer keeps transformers' defaults (padding on the right, no pad token), which is what a
+    training tokenizer looks like.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=512,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    model = GPT2LMHeadModel(config)
+    # A few steps on CORPUS, so greedy output is varied text (an untrained model repeats one token).
+    ids = torch.tensor([tokenizer("".join(CORPUS[:3]) * 4, add_special_tokens=False)["input_ids"]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        optimizer.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+    directory = tmp_path_factory.mktemp("tiny-gpt2")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def problems_file(path: Path, count: int) -> Path:
+    """`count` short HumanEval-format problems (short prompts keep the tiny model fast)."""
+    rows = [
+        {
+            "task_id": f"toy/{i}",
+            "prompt": f"def add{i}(a, b):\n",
+            "entry_point": f"add{i}",
+            "test": "def check(f):\n    assert f(1, 2) == 3\n",
+            "canonical_solution": "    return a + b\n",
+        }
+        for i in range(count)
+    ]
+    write_jsonl(path, rows)
+    return path
+
+
+def test_decoding_leaves_the_tokenizer_alone_and_batches_like_alone(tiny_model: Path) -> None:
+    from pycodegen.generate.decoding import generate
+    from pycodegen.zoo import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_model))
+    assert (tokenizer.padding_side, tokenizer.pad_token) == ("right", None)
+    sampling = SamplingConfig(max_new_tokens=12)
+    together = generate(model, tokenizer, ["def add(a, b):", "Write"], sampling)
+    # Saved checkpoints carry the tokenizer: decoding must not have switched it to left padding.
+    assert (tokenizer.padding_side, tokenizer.pad_token) == ("right", None)
+    alone = generate(model, tokenizer, ["Write"], sampling)
+    assert alone[0] == together[1] and together[0][0]  # left padding does not change greedy output
+
+
+def test_stop_strings_cut_where_the_model_wrote_them(tiny_model: Path) -> None:
+    from pycodegen.generate.decoding import generate
+    from pycodegen.zoo import load_causal_lm
+
+    model, tokenizer = load_causal_lm(str(tiny_model))
+    prompt = "def add(a, b):"
+    sampling = SamplingConfig(max_new_tokens=24)
+    full = generate(model, tokenizer, [prompt], sampling)[0][0]
+    # A stop that first appears in the middle of the greedy text: the text before it comes back.
+    stop = next(full[i : i + 3] for i in range(4, len(full)) if full.find(full[i : i + 3]) >= 4)
+    assert generate(model, tokenizer, [prompt], sampling, stops=[stop])[0][0] == full[: full.find(stop)]
+    # A stop formed by the prompt's end and the first generated text is not a stop (Codex harness).
+    straddling = prompt[-2:] + full[:2]
+    if straddling not in full:
+        assert generate(model, tokenizer, [prompt], sampling, stops=[straddling])[0][0] == full
+
+
+def test_code_block_criterion_stops_when_the_block_closes_and_decodes_little(tiny_model: Path) -> None:
+    import torch
+
+    from pycodegen.generate.decoding import _code_block_criterion
+    from pycodegen.zoo import load_causal_lm
+
+    _, tokenizer = load_causal_lm(str(tiny_model))
+    prompt = tokenizer("Write x.", add_special_tokens=False)["input_ids"]
+    text = "Sure, here it is:\n```python\nx = 1\n```\nIt sets x, see ```this```."
+    generated = tokenizer(text, add_special_tokens=False)["input_ids"]
+    criterion = _code_block_criterion(tokenizer, len(prompt))
+    stopped_at = None
+    for step in range(1, len(generated) + 1):
+        ids = torch.tensor([prompt + generated[:step]])
+        if criterion(ids, None)[0] and stopped_at is None:
+            stopped_at = step
+    assert stopped_at is not None
+    assert tokenizer.decode(generated[:stopped_at]) == "Sure, here it is:\n```python\nx = 1\n```"
+    assert criterion.decodes < len(generated) / 3  # only tokens holding a backtick trigger a decode
+
+
+def test_free_form_out_is_never_overwritten_silently(tiny_model: Path, tmp_path: Path) -> None:
+    from pycodegen.console import make_console
+    from pycodegen.generate.freeform import run_generate
+
+    out = tmp_path / "samples.jsonl"
+    out.write_text("precious\n")
+    cfg = GenerateConfig(model=str(tiny_model), prompt=["Write"], max_new_tokens=4, out=out)
+    with pytest.raises(PycodegenError, match=r"samples.jsonl already exists; choose another --out or pass"):
+        run_generate(cfg, make_console(), echo=False)
+    assert out.read_text() == "precious\n"
+
+    class WithOverwrite(GenerateConfig):  # the field the lead adds to GenerateConfig
+        overwrite: bool = False
+
+    rows = run_generate(WithOverwrite(**cfg.model_dump(), overwrite=True), make_console(), echo=False)
+    assert read_jsonl(out) == rows and len(rows) == 1
+
+
+class BenchmarkGenerate(GenerateConfig):
+    """GenerateConfig with the fields the lead adds for `generate --benchmark` (read with getattr)."""
+
+    benchmark: str | None = None
+    problems: Path | None = None
+    limit: int | None = None
+
+
+def test_generate_benchmark_honours_limit_and_resumes(tiny_model: Path, tmp_path: Path) -> None:
+    from pycodegen.console import make_console
+    from pycodegen.generate.freeform import run_generate
+
+    problems = problems_file(tmp_path / "p.jsonl", 6)
+    out = tmp_path / "samples.jsonl"
+    cfg = BenchmarkGenerate(model=str(tiny_model), problems=problems, limit=3, max_new_tokens=6, out=out)
+    run_generate(cfg, make_console())
+    first = read_jsonl(out)
+    assert [r["task_id"] for r in first] == ["toy/0", "toy/1", "toy/2"]
+    run_generate(cfg.model_copy(update={"limit": 5}), make_console())
+    rows = read_jsonl(out)
+    assert rows[:3] == first and [r["task_id"] for r in rows[3:]] == ["toy/3", "toy/4"]
+    meta = json.loads(out.with_name("samples.jsonl.meta.json").read_text())
+    assert meta["decoding"]["max_new_tokens"] == 6 and meta["benchmark"] == "p"
+
+
+def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_model: Path, tmp_path: Path) -> None:
+    problems = problems_file(tmp_path / "p.jsonl", 12)
+    out = tmp_path / "samples.jsonl"
+    command = [
+        sys.executable,
+        "-m",
+        "pycodegen",
+        "generate",
+        "--problems",
+        str(problems),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    stderr = " ".join(stderr.split())  # the message may be wrapped at the terminal width
+    kept = len(read_jsonl(out))
+    assert proc.returncode != 0 and 1 <= kept < 12, stderr
+    assert f"interrupted: {out} keeps {kept} of 12 tasks" in stderr, stderr
+    assert "rerun the same command to resume" in stderr
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    ids = [r["task_id"] for r in read_jsonl(out)]
+    assert ids == [f"toy/{i}" for i in range(12)]
+
+
+def test_evaluate_with_a_model_generates_then_scores_the_first_problems(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from pycodegen.config import EvaluateConfig
+    from pycodegen.console import make_console
+    from pycodegen.evaluate.score import run_evaluation
+
+    problems = problems_file(tmp_path / "p.jsonl", 6)
+    out = tmp_path / "eval"
+    cfg = EvaluateConfig(
+        model=str(tiny_model),
+        problems=problems,
+        limit=3,
+        out=out,
+        max_new_tokens=8,
+        workers=1,
+        examples=False,
+    )
+    results = run_evaluation(cfg, make_console())
+    assert [r["task_id"] for r in read_jsonl(out / "samples.jsonl")] == ["toy/0", "toy/1", "toy/2"]
+    card = results["run_card"]
+    assert card["model"] == str(tiny_model) and card["prompt_mode"] == "raw"  # no chat template
+    assert (card["problems"]["scored"], card["problems"]["total"], card["problems"]["limit"]) == (3, 6, 3)
+    assert (
+        results["metrics"]["samples"] == 3 and results["metrics"]["text_metrics"]["reference_perplexity"] > 1
+    )
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
