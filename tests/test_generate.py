@@ -149,19 +149,8 @@ def test_free_form_out_is_never_overwritten_silently(tiny_model: Path, tmp_path:
         run_generate(cfg, make_console(), echo=False)
     assert out.read_text() == "precious\n"
 
-    class WithOverwrite(GenerateConfig):  # the field the lead adds to GenerateConfig
-        overwrite: bool = False
-
-    rows = run_generate(WithOverwrite(**cfg.model_dump(), overwrite=True), make_console(), echo=False)
+    rows = run_generate(cfg.model_copy(update={"overwrite": True}), make_console(), echo=False)
     assert read_jsonl(out) == rows and len(rows) == 1
-
-
-class BenchmarkGenerate(GenerateConfig):
-    """GenerateConfig with the fields the lead adds for `generate --benchmark` (read with getattr)."""
-
-    benchmark: str | None = None
-    problems: Path | None = None
-    limit: int | None = None
 
 
 def test_generate_benchmark_honours_limit_and_resumes(tiny_model: Path, tmp_path: Path) -> None:
@@ -170,7 +159,7 @@ def test_generate_benchmark_honours_limit_and_resumes(tiny_model: Path, tmp_path
 
     problems = problems_file(tmp_path / "p.jsonl", 6)
     out = tmp_path / "samples.jsonl"
-    cfg = BenchmarkGenerate(model=str(tiny_model), problems=problems, limit=3, max_new_tokens=6, out=out)
+    cfg = GenerateConfig(model=str(tiny_model), problems=problems, limit=3, max_new_tokens=6, out=out)
     run_generate(cfg, make_console())
     first = read_jsonl(out)
     assert [r["task_id"] for r in first] == ["toy/0", "toy/1", "toy/2"]

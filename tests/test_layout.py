@@ -15,6 +15,7 @@ CORE = {
     "console",
     "jsonl",
     "pyast",
+    "templates",
     "zoo",
     "metrics",
     "sandbox",
