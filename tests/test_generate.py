@@ -233,3 +233,28 @@ def test_evaluate_with_a_model_generates_then_scores_the_first_problems(
         results["metrics"]["samples"] == 3 and results["metrics"]["text_metrics"]["reference_perplexity"] > 1
     )
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results, default=str))
+
+
+def test_logs_get_code_and_paths_unwrapped_and_unpadded(tiny_model: Path, tmp_path: Path) -> None:
+    """Not on a terminal (a log file): generated text is printed as generated, with no trailing spaces, and
+    a long output path stays on one line (issue 10, C13)."""
+    import io
+
+    from rich.console import Console
+
+    from pycodegen.console import make_console
+    from pycodegen.generate.freeform import echo_sample, run_generate
+
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 6) / "samples.jsonl"
+    log = io.StringIO()
+    console = make_console()
+    console.file = log  # a StringIO is not a terminal, as a redirected stderr is not
+    assert isinstance(console, Console) and not console.is_terminal
+    rows = run_generate(
+        GenerateConfig(model=str(tiny_model), prompt=["def f():"], max_new_tokens=12, out=deep), console
+    )
+    echo_sample(console, "def f(x):\n    return x\n")
+    text = log.getvalue()
+    assert rows and rows[0]["completion"].strip() in text and "def f(x):\n    return x\n" in text
+    assert not [line for line in text.splitlines() if line != line.rstrip()]
+    assert any(str(deep) in line for line in text.splitlines())

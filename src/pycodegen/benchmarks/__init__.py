@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import doctest
 import hashlib
+import importlib.resources
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ def humaneval_path() -> Path:
 
 def mbpp_path() -> Path:
     """MBPP (Austin et al. 2021) as shipped with pycodegen (a byte-for-byte copy, CC BY 4.0)."""
-    return Path(__file__).resolve().parent / "data" / "mbpp.jsonl"
+    return Path(str(importlib.resources.files("pycodegen.benchmarks") / "data" / "mbpp.jsonl"))
 
 
 @dataclass

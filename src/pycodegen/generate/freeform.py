@@ -62,7 +62,7 @@ def generate_freeform(cfg: Any, console: Console, echo: bool = True) -> list[dic
             )
             if echo:
                 console.rule(f"prompt {i} · sample {j}")
-                console.print(Syntax(text, "python", word_wrap=True) if "def " in text else text)
+                echo_sample(console, text)
     if cfg.out is not None:
         write_jsonl(cfg.out, rows)
     done = time.perf_counter()
@@ -71,3 +71,12 @@ def generate_freeform(cfg: Any, console: Console, echo: bool = True) -> list[dic
         f"(model load {loaded - started:.1f} s)" + (f" → {cfg.out}" if cfg.out else "")
     )
     return rows
+
+
+def echo_sample(console: Console, text: str) -> None:
+    """Show one generated text: highlighted on a terminal; in a log, exactly as generated (rich's
+    Syntax pads every line with spaces to the console width)."""
+    if console.is_terminal and "def " in text:
+        console.print(Syntax(text, "python", word_wrap=True))
+    else:
+        console.print(text, markup=False, highlight=False)
