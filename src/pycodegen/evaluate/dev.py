@@ -1,10 +1,15 @@
-"""Generation metrics during training, on a small dev slice: pass@1 through the sandboxed executor where
-rows carry tests (MBPP-style instruction data), BLEU and CodeBLEU against the target otherwise."""
+"""Dev evaluation during training, as a training callback: the model generates for a small dev slice of
+the validation rows, scored by pass@1 through the sandboxed executor where rows carry tests
+(MBPP-style instruction data), and by BLEU and CodeBLEU against the target.
+
+The trainer knows nothing of this module; the CLI or recipe runner passes `DevGeneration(...)` in
+`train(cfg, console, callbacks=[...])`.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +17,10 @@ from pycodegen import metrics
 from pycodegen.generate.postprocess import extract_code_block
 from pycodegen.models.family import Family
 from pycodegen.sandbox.executor import Executor, Job
+from pycodegen.train.callbacks import TrainCallback
+
+if TYPE_CHECKING:
+    from pycodegen.train.loop import Trainer
 
 CALLED = re.compile(r"(\w+)\s*\(")
 
@@ -23,6 +32,7 @@ def generation_metrics(
     max_new_tokens: int,
     timeout: float = 5.0,
 ) -> dict[str, float]:
+    """dev_pass@1 (rows with tests), dev_bleu and dev_codebleu of greedy completions of `rows`."""
     if not rows:
         return {}
     completions = family.generate(model, [r["prompt"] for r in rows], max_new_tokens)
@@ -43,3 +53,19 @@ def generation_metrics(
     result["dev_bleu"] = metrics.bleu(preds, refs)["bleu"]
     result["dev_codebleu"] = metrics.codebleu(preds, refs)["codebleu"]
     return result
+
+
+class DevGeneration(TrainCallback):
+    """At each validation pass, generate for the first `eval_samples` validation rows that have a prompt
+    and score them (see `generation_metrics`). Families that do not generate text get no dev metrics."""
+
+    def __init__(self, eval_samples: int = 8, max_new_tokens: int = 128, timeout: float = 5.0) -> None:
+        self.eval_samples = eval_samples
+        self.max_new_tokens = max_new_tokens
+        self.timeout = timeout
+
+    def on_validate(self, trainer: Trainer, model: torch.nn.Module, family: Family) -> dict[str, float]:
+        if not family.generates or self.eval_samples <= 0:
+            return {}
+        dev = [r for r in trainer.valid_rows if "prompt" in r][: self.eval_samples]
+        return generation_metrics(family, model, dev, self.max_new_tokens, self.timeout)
