@@ -372,8 +372,9 @@ class Trainer:
         )
 
     # -- one step -------------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, int, int]:
-        """One optimizer step: (mean loss across processes, target tokens, input tokens) of this process."""
+    def train_step(self) -> tuple[float, int, int, float]:
+        """One optimizer step: (mean loss across processes, target tokens and input tokens of this
+        process, learning rate of the step)."""
         cfg, acc, pos = self.cfg, self.accelerator, self.pos
         batches, epoch, pos.position = self.micro_batches(pos.epoch, pos.position)
         total_loss, target, fed = 0.0, 0, 0
@@ -393,16 +394,17 @@ class Trainer:
                 "(try a lower --lr or --dtype fp32)"
             )
         acc.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        if cfg.schedule == "exponential":
+            for _ in range(epoch - pos.epoch):  # once per epoch boundary crossed, before its first step
+                self.scheduler.step()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         pos.step += 1
-        if cfg.schedule == "exponential":
-            for _ in range(epoch - pos.epoch):  # once per epoch boundary crossed
-                self.scheduler.step()
-        elif not self.time_ruled:
-            self.scheduler.step()
         pos.epoch = epoch
-        return mean, target, fed
+        if cfg.schedule != "exponential" and not self.time_ruled:
+            self.scheduler.step()
+        return mean, target, fed, lr
 
     def follow_time(self, elapsed: float) -> None:
         """A budget-ruled schedule: advance the scheduler to the tick of the elapsed share of the budget."""
@@ -454,7 +456,7 @@ class Trainer:
             task = bar.add_task(bar_label, total=total, completed=done, status="")
             while self.time_ruled or pos.step < cfg.max_steps:
                 step_start = time.perf_counter()
-                loss, target, fed = self.train_step()
+                loss, target, fed, lr = self.train_step()
                 n = self.accelerator.num_processes
                 window["target"] += target * n
                 window["input"] += fed * n
@@ -466,7 +468,7 @@ class Trainer:
                 status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} target tok/s"
                 bar.update(task, completed=pos.elapsed if self.time_ruled else pos.step, status=status)
                 if pos.step % cfg.log_every == 0 or pos.step == cfg.max_steps:
-                    self.log_training(loss, window, pos.elapsed)
+                    self.log_training(loss, lr, window, pos.elapsed)
                     window = {"target": 0, "input": 0, "seconds": 0.0}
                 if pos.step % cfg.eval_every == 0:
                     self.validate_and_keep_best()
@@ -477,14 +479,14 @@ class Trainer:
                     return reason
         return "max_steps"
 
-    def log_training(self, loss: float, window: dict[str, float], elapsed: float) -> None:
+    def log_training(self, loss: float, lr: float, window: dict[str, float], elapsed: float) -> None:
         seconds = max(window["seconds"], 1e-9)
         self.log(
             {
                 "step": self.pos.step,
                 "epoch": self.pos.epoch,
                 "loss": round(loss, 6),
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": lr,  # the rate this step used
                 # tokens = target (label) tokens, the ones the loss is taken on; input = every token fed
                 "tokens": int(window["target"]),
                 "tokens_per_s": round(window["target"] / seconds, 2),
