@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -242,3 +243,154 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(chars: Path, tm
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming at step {step}" in resumed.stderr
     assert [r["step"] for r in rows(run) if "loss" in r][-2:] == [step + 1, step + 2]
+
+
+def instruction_dataset(functions: Path, root: Path) -> Path:  # noqa: F811
+    """Instruction rows with tests whose target a tiny GPT-2 learns in a few dozen steps (its BPE, from
+    the functions fixture, has tokens for every word of it), so dev pass@1 really changes."""
+    data = root / "instructions"
+    shutil.copytree(functions, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "task": "instruction"}))
+
+    def row(i: int) -> str:
+        return json.dumps(
+            {
+                "id": f"r{i}",
+                "prompt": f"# task {i}: add the values up\n",
+                "target": "def total(values):\n    return sum(values)\n",
+                "tests": ["assert total([1, 2]) == 3"],
+            }
+        )
+
+    (data / "train.jsonl").write_text("".join(row(i) + "\n" for i in range(32)))
+    (data / "valid.jsonl").write_text("".join(row(100 + i) + "\n" for i in range(4)))
+    return data
+
+
+GPT2 = {"n_layer": 1, "n_embd": 64, "n_head": 2, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def test_real_dev_pass_at_1_picks_the_best_checkpoint(functions: Path, tmp_path: Path) -> None:  # noqa: F811
+    from pycodegen.evaluate.dev import DevGeneration
+
+    data = instruction_dataset(functions, tmp_path)
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        family="hf-causal",
+        data=data,
+        out=run,
+        model="new:gpt2",
+        max_steps=80,
+        batch_size=8,
+        lr=3e-3,
+        schedule="constant",
+        eval_every=20,
+        save_every=20,
+        keep_checkpoints=10,
+        model_args=GPT2,
+    )
+    summary = train(cfg, QUIET, callbacks=[DevGeneration(eval_samples=2, max_new_tokens=24)])
+    evals = [r for r in rows(run) if "valid_loss" in r]
+    assert [r["step"] for r in evals] == [20, 40, 60, 80]
+    assert all({"dev_pass@1", "dev_bleu", "dev_codebleu"} <= set(r) for r in evals)
+    scores = [r["dev_pass@1"] for r in evals]
+    assert len(set(scores)) > 1  # the metric moved: it, not the loss, decides
+    top = [r for r in evals if r["dev_pass@1"] == max(scores)]
+    expected = min(top, key=lambda r: r["valid_loss"])["step"]
+    assert summary["best"]["metric"] == "dev_pass@1" and summary["best"]["decided_by"] == "dev_pass@1"
+    assert (summary["best"]["step"], summary["best"]["value"]) == (expected, max(scores))
+    assert (run / "best" / "model.safetensors").read_bytes() == (
+        run / f"checkpoint-{expected}" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_resume_of_a_tied_weight_model_continues_exactly(functions: Path, tmp_path: Path) -> None:  # noqa: F811
+    """GPT-2 ties its output layer to the embedding: the checkpoint stores it once and resume re-ties it."""
+
+    def cfg(out: Path, steps: int, **kw: Any) -> TrainConfig:
+        return TrainConfig(
+            family="hf-causal",
+            data=functions,
+            out=out,
+            model="new:gpt2",
+            max_steps=steps,
+            batch_size=4,
+            lr=3e-3,
+            schedule="constant",
+            log_every=1,
+            save_every=2,
+            model_args={"n_layer": 1, "n_embd": 32, "n_head": 2},
+            **kw,
+        )
+
+    train(cfg(tmp_path / "whole", 6), QUIET)
+    train(cfg(tmp_path / "parts", 4), QUIET)
+    train(cfg(tmp_path / "parts", 6, resume=True), QUIET)
+    loss = [[r["loss"] for r in rows(tmp_path / run) if "loss" in r] for run in ("whole", "parts")]
+    assert len(loss[0]) == 6 and loss[1] == loss[0]
+
+
+DDP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from rich.console import Console
+from pycodegen.config import TrainConfig
+from pycodegen.evaluate.dev import DevGeneration
+from pycodegen.train.loop import train
+
+cfg = TrainConfig(**json.loads(sys.argv[1]))
+summary = train(cfg, Console(quiet=True), callbacks=[DevGeneration(eval_samples=2, max_new_tokens=16)])
+Path(cfg.out, f"summary-rank{os.environ['RANK']}.json").write_text(json.dumps(summary, sort_keys=True))
+"""
+
+
+def test_ddp_with_dev_pass_at_1_finishes_and_ranks_agree(functions: Path, tmp_path: Path) -> None:  # noqa: F811
+    """torchrun, 2 gloo ranks, a generating family with dev pass@1: rank 0 generates and scores, every
+    rank receives the metrics before the best checkpoint is chosen, and the run finishes."""
+    data = instruction_dataset(functions, tmp_path)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    settings = {
+        "family": "hf-causal",
+        "data": str(data),
+        "out": str(tmp_path / "run"),
+        "model": "new:gpt2",
+        "max_steps": 4,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "eval_every": 2,
+        "save_every": 2,
+        "model_args": GPT2,
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            str(script),
+            json.dumps(settings),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [json.loads((tmp_path / "run" / f"summary-rank{r}.json").read_text()) for r in (0, 1)]
+    for summary in summaries:
+        del summary["elapsed_s"]  # each rank's own clock
+    assert summaries[0] == summaries[1]
+    assert summaries[0]["best"]["metric"] == "dev_pass@1" and "dev_pass@1" in summaries[0]
+    evals = [r for r in rows(tmp_path / "run") if "valid_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all("dev_pass@1" in r for r in evals)
+    assert sorted(
+        p.name for p in (tmp_path / "run" / "checkpoint-4" / STATE_DIR).glob("random_states_*")
+    ) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]

@@ -230,13 +230,19 @@ class Trainer:
     def save_step(self) -> Path:
         return self.save(f"checkpoint-{self.pos.step}", with_state=True)
 
-    def _drop_frozen_weights(self, models: list[Any], weights: list[dict[str, Any]], _: str) -> None:
-        """save_state hook: keep only the trainable weights (and buffers); frozen ones are rebuilt from the
-        base model on resume, so a LoRA checkpoint does not hold a second copy of the whole base."""
+    def _slim_weights(self, models: list[Any], weights: list[dict[str, Any]], _: str) -> None:
+        """save_state hook: leave out frozen weights, which resuming rebuilds from the base model (a LoRA
+        checkpoint holds no second copy of the whole base), and the second name of a tied weight (an
+        output layer tied to the embedding), which loading re-ties."""
         for model, state in zip(models, weights, strict=False):
             frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-            for key in [k for k in state if k in frozen]:
-                del state[key]
+            seen: set[int] = set()
+            for key in list(state):
+                tensor = state[key]
+                if key in frozen or (tensor.numel() and tensor.data_ptr() in seen):
+                    del state[key]
+                else:
+                    seen.add(tensor.data_ptr())
 
     # -- data -----------------------------------------------------------------------------------------
     def order(self, epoch: int) -> list[int]:
@@ -321,7 +327,7 @@ class Trainer:
         # The scheduler is registered, not prepared: a prepared one steps once per process per step.
         self.pos = Position()
         acc.register_for_checkpointing(self.scheduler, self.pos)
-        acc.register_save_state_pre_hook(self._drop_frozen_weights)
+        acc.register_save_state_pre_hook(self._slim_weights)
         if cfg.resume:
             found = self.checkpoints()[-1]
             # strict=False only where frozen weights were left out of the checkpoint on purpose
