@@ -363,18 +363,17 @@ def test_ddp_with_dev_pass_at_1_finishes_and_ranks_agree(functions: Path, tmp_pa
         "save_every": 2,
         "model_args": GPT2,
     }
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+    ]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            str(script),
-            json.dumps(settings),
-        ],  # fmt: skip
+        [*torchrun, str(script), json.dumps(settings)],
         capture_output=True,
         text=True,
         timeout=300,
