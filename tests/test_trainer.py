@@ -50,7 +50,10 @@ def test_a_step_checkpoint_holds_exactly_the_family_files_and_accelerate_state(
     chars: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    train(char_cfg(chars, run, max_steps=4, save_every=2, eval_every=2, keep_checkpoints=5), QUIET)
+    cfg = char_cfg(
+        chars, run, max_steps=4, save_every=2, eval_every=2, keep_checkpoints=5, schedule="constant"
+    )
+    train(cfg, QUIET)
     family_files = files(run / "final")  # what family.save writes: weights, config, vocabulary
     assert "model.safetensors" in family_files and not any(f.startswith(STATE_DIR) for f in family_files)
     state_files = {
