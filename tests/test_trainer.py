@@ -396,3 +396,11 @@ def test_ddp_with_dev_pass_at_1_finishes_and_ranks_agree(functions: Path, tmp_pa
         "random_states_0.pkl",
         "random_states_1.pkl",
     ]
+
+
+def test_dev_callbacks_follow_the_config(chars: Path, tmp_path: Path) -> None:
+    from pycodegen.evaluate.dev import DevGeneration, dev_callbacks
+
+    (dev,) = dev_callbacks(char_cfg(chars, tmp_path, eval_samples=3, eval_max_new_tokens=7))
+    assert isinstance(dev, DevGeneration) and (dev.eval_samples, dev.max_new_tokens) == (3, 7)
+    assert dev_callbacks(char_cfg(chars, tmp_path, eval_samples=0)) == []

@@ -20,6 +20,7 @@ from pycodegen.sandbox.executor import Executor, Job
 from pycodegen.train.callbacks import TrainCallback
 
 if TYPE_CHECKING:
+    from pycodegen.config import TrainConfig
     from pycodegen.train.loop import Trainer
 
 CALLED = re.compile(r"(\w+)\s*\(")
@@ -69,3 +70,11 @@ class DevGeneration(TrainCallback):
             return {}
         dev = [r for r in trainer.valid_rows if "prompt" in r][: self.eval_samples]
         return generation_metrics(family, model, dev, self.max_new_tokens, self.timeout)
+
+
+def dev_callbacks(cfg: TrainConfig) -> list[TrainCallback]:
+    """The dev-evaluation callbacks a training config asks for: what the CLI and the recipe runner pass
+    to `train(cfg, console, callbacks=dev_callbacks(cfg))` (none when eval_samples is 0)."""
+    if cfg.eval_samples <= 0:
+        return []
+    return [DevGeneration(cfg.eval_samples, cfg.eval_max_new_tokens)]

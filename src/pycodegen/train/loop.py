@@ -111,11 +111,13 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, Any]:
     return {"total": total, "trainable": trainable, "trainable_share": trainable / total if total else 0.0}
 
 
-def input_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens fed to the model (prompt and target, padding excluded where a mask says which is which)."""
+def input_tokens(family: Family, batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the model reads: the attention mask's ones where the batch has a mask (prompt and target
+    of a causal LM, the encoder side of an encoder-decoder), else every non-padding id of the batch's
+    input tensors (all but the labels)."""
     if "attention_mask" in batch:
         return int(batch["attention_mask"].sum())
-    return int(batch["input_ids"].numel())
+    return sum(int((v != family.pad_id).sum()) for k, v in batch.items() if k != "labels")
 
 
 class LossModule(torch.nn.Module):
@@ -305,6 +307,8 @@ class Trainer:
             )
         self.load_family()
         assert self.family.model is not None
+        # What tokens/s counts: the family's count_tokens, by default the target (label) tokens
+        self.counted = getattr(self.family, "tokens_counted", "target")
         model = apply_mode(cfg, self.family, self.family.model)
         self.counts = parameter_counts(model)
         self.valid_rows = read_jsonl(cfg.data / "valid.jsonl")
@@ -391,7 +395,7 @@ class Trainer:
             acc.backward(loss)
             total_loss += float(loss.detach())
             target += self.family.count_tokens(batch)
-            fed += input_tokens(batch)
+            fed += input_tokens(self.family, batch)
         mean = float(acc.reduce(torch.tensor(total_loss, device=acc.device), "mean"))
         if not math.isfinite(mean):
             kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
@@ -471,7 +475,7 @@ class Trainer:
                 if self.time_ruled:
                     self.follow_time(pos.elapsed)
                 rate = window["target"] / max(window["seconds"], 1e-9)
-                status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} target tok/s"
+                status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} {self.counted} tok/s"
                 bar.update(task, completed=pos.elapsed if self.time_ruled else pos.step, status=status)
                 if pos.step % cfg.log_every == 0 or pos.step == cfg.max_steps:
                     self.log_training(loss, lr, window, pos.elapsed)
@@ -496,7 +500,7 @@ class Trainer:
                 # tokens = target (label) tokens, the ones the loss is taken on; input = every token fed
                 "tokens": int(window["target"]),
                 "tokens_per_s": round(window["target"] / seconds, 2),
-                "tokens_counted": "target",
+                "tokens_counted": self.counted,
                 "input_tokens": int(window["input"]),
                 "input_tokens_per_s": round(window["input"] / seconds, 2),
                 "elapsed_s": round(elapsed, 2),
