@@ -17,11 +17,9 @@ from pycodegen import metrics
 from pycodegen.generate.postprocess import extract_code_block
 from pycodegen.models.family import Family
 from pycodegen.sandbox.executor import Executor, Job
-from pycodegen.train.callbacks import TrainCallback
 
 if TYPE_CHECKING:
     from pycodegen.config import TrainConfig
-    from pycodegen.train.loop import Trainer
 
 CALLED = re.compile(r"(\w+)\s*\(")
 
@@ -56,23 +54,28 @@ def generation_metrics(
     return result
 
 
-class DevGeneration(TrainCallback):
+class DevGeneration:
     """At each validation pass, generate for the first `eval_samples` validation rows that have a prompt
-    and score them (see `generation_metrics`). Families that do not generate text get no dev metrics."""
+    and score them (see `generation_metrics`). Families that do not generate text get no dev metrics.
+
+    A training callback (the `on_validate` hook of pycodegen.train.callbacks.TrainCallback, defined here
+    without importing train/: evaluate sits above it and imports only generate, models and the core).
+    """
 
     def __init__(self, eval_samples: int = 8, max_new_tokens: int = 128, timeout: float = 5.0) -> None:
         self.eval_samples = eval_samples
         self.max_new_tokens = max_new_tokens
         self.timeout = timeout
 
-    def on_validate(self, trainer: Trainer, model: torch.nn.Module, family: Family) -> dict[str, float]:
+    def on_validate(self, trainer: Any, model: torch.nn.Module, family: Family) -> dict[str, float]:
+        """`trainer` is the running pycodegen.train.loop.Trainer: its `valid_rows` hold the dev rows."""
         if not family.generates or self.eval_samples <= 0:
             return {}
         dev = [r for r in trainer.valid_rows if "prompt" in r][: self.eval_samples]
         return generation_metrics(family, model, dev, self.max_new_tokens, self.timeout)
 
 
-def dev_callbacks(cfg: TrainConfig) -> list[TrainCallback]:
+def dev_callbacks(cfg: TrainConfig) -> list[DevGeneration]:
     """The dev-evaluation callbacks a training config asks for: what the CLI and the recipe runner pass
     to `train(cfg, console, callbacks=dev_callbacks(cfg))` (none when eval_samples is 0)."""
     if cfg.eval_samples <= 0:

@@ -186,13 +186,18 @@ class Trainer:
     """Runs one training configuration; `run()` returns a summary (also in OUT/summary.json)."""
 
     def __init__(
-        self, cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback] = ()
+        self, cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback | Any] = ()
     ) -> None:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.out)
         self.callbacks = list(callbacks)
         self.interrupted = False
+
+    def call(self, hook: str, *args: Any) -> list[Any]:
+        """Call `hook(self, *args)` on every callback that has it (a callback may subclass TrainCallback
+        or, like evaluate.dev.DevGeneration, which must not import train/, define only its hooks)."""
+        return [getattr(c, hook)(self, *args) for c in self.callbacks if hasattr(c, hook)]
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -225,8 +230,7 @@ class Trainer:
                 for old in self.checkpoints()[: -self.cfg.keep_checkpoints]:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
-        for callback in self.callbacks:
-            callback.on_save(self, target)
+        self.call("on_save", target)
         return target
 
     def save_step(self) -> Path:
@@ -363,8 +367,7 @@ class Trainer:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):
                     self.writer.add_scalar(k, v, row["step"])
-        for callback in self.callbacks:
-            callback.on_log(self, row)
+        self.call("on_log", row)
 
     def announce(self) -> None:
         cfg, counts = self.cfg, self.counts
@@ -531,8 +534,8 @@ class Trainer:
         unwrapped = self.inner_model()
         result.update(self.family.evaluate(unwrapped, self.valid_rows))
         if acc.is_main_process:
-            for callback in self.callbacks:
-                result.update(callback.on_validate(self, unwrapped, self.family))
+            for metrics in self.call("on_validate", unwrapped, self.family):
+                result.update(metrics or {})
         if acc.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -612,8 +615,7 @@ class Trainer:
                 + (f", valid loss {final_eval['valid_loss']:.4f}" if "valid_loss" in final_eval else "")
                 + f" → {final} (best: step {pos.best['step']})"
             )
-        for callback in self.callbacks:
-            callback.on_train_end(self, summary)
+        self.call("on_train_end", summary)
         return summary
 
     def stop_on_interrupt(self) -> None:
@@ -638,8 +640,7 @@ class Trainer:
         self.setup()
         try:
             self.announce()
-            for callback in self.callbacks:
-                callback.on_train_begin(self)
+            self.call("on_train_begin")
             started = time.perf_counter()
             reason = self.fit()
             if reason == "interrupted":
@@ -651,7 +652,7 @@ class Trainer:
 
 
 def train(
-    cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback] = ()
+    cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback | Any] = ()
 ) -> dict[str, Any]:
     """Train `cfg`; `callbacks` (e.g. evaluate.dev.DevGeneration) add dev metrics and hooks."""
     return Trainer(cfg, console, callbacks).run()
