@@ -159,6 +159,8 @@ def test_a_budget_without_max_steps_rules_the_schedule(chars: Path, tmp_path: Pa
     lrs = [r["lr"] for r in rows(run) if "lr" in r]
     assert lrs[0] > 0.9 * cfg.lr and lrs[-1] < 0.05 * cfg.lr  # cosine over the time: decayed at the end
     assert summary["best"]["step"] == summary["steps"] and (run / "best" / "model.safetensors").is_file()
+    saved = json.loads((run / "train_config.json").read_text())  # what `--config ... --resume` reads
+    assert "max_steps" not in saved and saved["budget"] == "4s" and saved["out"] == str(run.resolve())
 
 
 def test_an_explicit_max_steps_caps_a_budget(chars: Path, tmp_path: Path) -> None:
@@ -404,3 +406,13 @@ def test_dev_callbacks_follow_the_config(chars: Path, tmp_path: Path) -> None:
     (dev,) = dev_callbacks(char_cfg(chars, tmp_path, eval_samples=3, eval_max_new_tokens=7))
     assert isinstance(dev, DevGeneration) and (dev.eval_samples, dev.max_new_tokens) == (3, 7)
     assert dev_callbacks(char_cfg(chars, tmp_path, eval_samples=0)) == []
+
+
+def test_resume_drops_a_torn_metrics_line(chars: Path, tmp_path: Path) -> None:
+    """A kill -9 while a metrics line was being written leaves half a line: resuming drops it."""
+    run = tmp_path / "run"
+    train(char_cfg(chars, run, max_steps=4, save_every=2, schedule="constant"), QUIET)
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 5, "lo')
+    train(char_cfg(chars, run, max_steps=6, save_every=2, schedule="constant", resume=True), QUIET)
+    assert [r["step"] for r in rows(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]

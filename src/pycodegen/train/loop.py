@@ -35,7 +35,7 @@ from pycodegen.config import TrainConfig
 from pycodegen.console import progress
 from pycodegen.data.prepare import read_manifest
 from pycodegen.errors import ConfigError, PycodegenError
-from pycodegen.jsonl import AppendLog, read_jsonl, write_jsonl
+from pycodegen.jsonl import AppendLog, iter_jsonl, read_jsonl, write_json, write_jsonl
 from pycodegen.models.family import Family, get_family
 from pycodegen.train.callbacks import TrainCallback
 
@@ -343,14 +343,19 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.last_good = self.checkpoints()[-1] if self.checkpoints() else None
         if acc.is_main_process:
-            (self.out / "train_config.json").write_text(cfg.model_dump_json(indent=2) + "\n")
+            # The settings as given (defaults stay defaults: a budget run resumed from this file is still
+            # ruled by time), with absolute paths, so that `--config` this file `--resume` continues the run.
+            given = cfg.model_dump(mode="json", exclude_unset=True, exclude={"resume"})
+            given.update(data=str(Path(cfg.data).resolve()), out=str(self.out.resolve()))
+            write_json(self.out / "train_config.json", given)
             self.prepare_metrics_log()
 
     def prepare_metrics_log(self) -> None:
         """Open OUT/metrics.jsonl, dropping lines past the checkpoint we resumed from, and TensorBoard."""
         path = self.out / "metrics.jsonl"
-        if path.exists():
-            write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= self.pos.step])
+        if path.exists():  # a kill may have torn the last line: skip_bad drops it
+            kept = [r for _, r in iter_jsonl(path, skip_bad=True) if r.get("step", 0) <= self.pos.step]
+            write_jsonl(path, kept)
         self.metrics_log = AppendLog(path)
         try:
             from torch.utils.tensorboard import SummaryWriter
