@@ -35,7 +35,7 @@ from pycodegen.config import TrainConfig
 from pycodegen.console import progress
 from pycodegen.data.prepare import read_manifest
 from pycodegen.errors import ConfigError, PycodegenError
-from pycodegen.jsonl import AppendLog, iter_jsonl, read_jsonl, write_json, write_jsonl
+from pycodegen.jsonl import dumps, iter_jsonl, read_jsonl, write_json, write_jsonl
 from pycodegen.models.family import Family, get_family
 from pycodegen.train.callbacks import TrainCallback
 
@@ -356,7 +356,9 @@ class Trainer:
         if path.exists():  # a kill may have torn the last line: skip_bad drops it
             kept = [r for _, r in iter_jsonl(path, skip_bad=True) if r.get("step", 0) <= self.pos.step]
             write_jsonl(path, kept)
-        self.metrics_log = AppendLog(path)
+        # Flushed, not fsynced (jsonl.AppendLog): a row per step would cost a disk sync per step, and a
+        # row lost to a crash is past the last checkpoint anyway, so resuming drops it.
+        self.metrics_log = path.open("a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -367,7 +369,8 @@ class Trainer:
     def log(self, row: dict[str, Any]) -> None:
         if not self.accelerator.is_main_process:
             return
-        self.metrics_log.append(row)
+        self.metrics_log.write(dumps(row) + "\n")
+        self.metrics_log.flush()
         if self.writer is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, int | float):
