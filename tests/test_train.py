@@ -593,6 +593,7 @@ def test_lora_merge_and_export_gives_the_same_model(functions: Path, tmp_path: P
 @pytest.mark.slow
 def test_lora_on_the_embedded_model(shared_data: Path, tmp_path: Path) -> None:
     """SmolLM2-135M-Instruct with LoRA on MBPP instructions: a few real steps, then merged and reloaded."""
+    from pycodegen.evaluate.dev import DevGeneration
     from pycodegen.train.export import export
     from pycodegen.zoo import load_causal_lm
 
@@ -624,6 +625,7 @@ def test_lora_on_the_embedded_model(shared_data: Path, tmp_path: Path) -> None:
             eval_max_new_tokens=32,
         ),
         QUIET,
+        callbacks=[DevGeneration(eval_samples=2, max_new_tokens=32)],  # dev pass@1 comes from above
     )
     assert 0 < summary["parameters"]["trainable_share"] < 0.05
     assert "dev_pass@1" in summary and summary["best"]["metric"] == "dev_pass@1"
