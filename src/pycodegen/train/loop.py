@@ -399,14 +399,15 @@ class Trainer:
         cfg, acc, pos = self.cfg, self.accelerator, self.pos
         batches, epoch, pos.position = self.micro_batches(pos.epoch, pos.position)
         total_loss, target, fed = 0.0, 0, 0
-        for batch in batches:
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
+        for cpu_batch in batches:
+            # counted on the CPU copy: counting on the device would wait for it at every micro-batch
+            target += self.family.count_tokens(cpu_batch)
+            fed += input_tokens(self.family, cpu_batch)
+            batch = {k: v.to(acc.device) for k, v in cpu_batch.items()}
             with self.autocast():
                 loss = self.model(**batch) / cfg.grad_accum
             acc.backward(loss)
             total_loss += float(loss.detach())
-            target += self.family.count_tokens(batch)
-            fed += input_tokens(self.family, batch)
         mean = float(acc.reduce(torch.tensor(total_loss, device=acc.device), "mean"))
         if not math.isfinite(mean):
             kept = f"; the last good checkpoint is {self.last_good}" if self.last_good else ""
