@@ -218,9 +218,10 @@ def prepare_main(cfg: Any) -> None:
 
 
 def train_main(cfg: Any) -> None:
+    from pycodegen.evaluate.dev import dev_callbacks
     from pycodegen.train.loop import train
 
-    train(cfg, console)
+    train(cfg, console, callbacks=dev_callbacks(cfg))
 
 
 def generate_main(cfg: Any) -> None:
@@ -281,8 +282,9 @@ Example: MBPP in the HUST instruction template (from the repository root):
 
 TRAIN_DOC = """Train a model family on a prepared dataset (one accelerate loop, also under torchrun).
 
-Writes OUT/metrics.jsonl, TensorBoard logs, OUT/checkpoint-STEP (model + optimizer, scheduler, data
-position and RNG state), OUT/best and OUT/final. Ctrl-C saves a checkpoint and prints the --resume command.
+Writes OUT/metrics.jsonl, TensorBoard logs, OUT/checkpoint-STEP (the model, and trainer_state/: optimizer,
+scheduler, data position, every rank's RNG), OUT/best and OUT/final. Ctrl-C saves a checkpoint and
+prints the --resume command.
 
 \b
 Example: the char-RNN baseline on character sequences of the standard library:

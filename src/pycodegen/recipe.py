@@ -66,12 +66,14 @@ def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> l
     def run_train(cfg: Any) -> None:
         import shutil
 
+        from pycodegen.evaluate.dev import dev_callbacks
         from pycodegen.train.loop import Trainer, train
 
         if force:
             shutil.rmtree(cfg.out, ignore_errors=True)
         # A run that was interrupted left checkpoints: continue it rather than start over.
-        train(cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())}), console)
+        resume = cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())})
+        train(resume, console, callbacks=dev_callbacks(cfg))
 
     def run_generate(cfg: Any) -> None:
         from pycodegen.generate.freeform import run_generate as generate
