@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
+from pycodegen.jsonl import read_jsonl
 from pycodegen.metrics import mean_reciprocal_rank
-from pycodegen.models.family import Family, pad_field, register, save_module
+from pycodegen.models.family import Family, check_model_args, pad_field, read_model_config, save_module
 
+DEFAULTS: dict[str, Any] = {"encoder": "nbow", "dim": 128, "vocab": 10000, "scale": 20.0}
 WORD = re.compile(r"[A-Za-z]+|\d+")
 CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
@@ -65,35 +67,39 @@ class DualEncoder(nn.Module):
         return q @ c.T * self.config["scale"]  # (B, B): every query against every code of the batch
 
 
-@register
 class RetrievalFamily(Family):
     name = "retrieval"
     views = ("docstring-to-body",)
 
+    tokenizer_file = "vocab.json"
+
     def setup(self) -> None:
-        source = Path(self.cfg.model) if self.cfg.model else None
-        if source is not None:
-            config = json.loads((source / "config.json").read_text())
-            self.vocab = json.loads((source / "vocab.json").read_text())
-        else:
-            opts = {"encoder": "nbow", "dim": 128, "vocab": 10000, "scale": 20.0, **self.cfg.model_args}
-            if opts["encoder"] not in ("nbow", "bigru"):
-                raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
-            counts: Counter[str] = Counter()
-            for line in (self.data_dir / "train.jsonl").read_text().splitlines():
-                row = json.loads(line)
-                counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
-            self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
-            config = {
-                "encoder": opts["encoder"],
-                "dim": int(opts["dim"]),
-                "scale": float(opts["scale"]),
-                "vocab_size": len(self.vocab),
-            }
+        if self.cfg.model:
+            directory = Path(self.cfg.model)
+            self.setup_from_checkpoint(directory, {})
+            return
+        check_model_args(self.name, self.cfg.model_args, list(DEFAULTS))
+        opts = {**DEFAULTS, **self.cfg.model_args}
+        if opts["encoder"] not in ("nbow", "bigru"):
+            raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
+        counts: Counter[str] = Counter()
+        for row in read_jsonl(self.data_dir / "train.jsonl"):
+            counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
+        self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
+        config = {
+            "encoder": opts["encoder"],
+            "dim": int(opts["dim"]),
+            "scale": float(opts["scale"]),
+            "vocab_size": len(self.vocab),
+        }
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.model = DualEncoder(config)
-        if source is not None:
-            self.load_weights(self.model, source)
+
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        self.vocab = json.loads((directory / "vocab.json").read_text())
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.model = DualEncoder(read_model_config(directory))
+        self.load_weights(self.model, directory)
 
     @staticmethod
     def query_text(row: dict[str, Any]) -> str:
@@ -146,7 +152,7 @@ class RetrievalFamily(Family):
             "mrr_distractors": distractors,
         }
 
-    def save(self, model: nn.Module, directory: Path) -> None:
+    def save_files(self, model: nn.Module, directory: Path) -> None:
         save_module(model, directory)
         (directory / "vocab.json").write_text(json.dumps(self.vocab))
 
