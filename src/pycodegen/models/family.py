@@ -93,6 +93,10 @@ class Family:
         """Family-specific validation metrics beyond loss (e.g. MRR for retrieval)."""
         return {}
 
+    def notes(self, metrics: dict[str, Any]) -> list[str]:
+        """Warnings about validation metrics for the training summary (e.g. a retrieval MRR at chance)."""
+        return []
+
     def save(self, model: torch.nn.Module, directory: Path) -> None:
         """A checkpoint directory: the family's files (`save_files`) and the pycodegen.json card."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -236,7 +240,8 @@ def save_module(model: torch.nn.Module, directory: Path) -> None:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # clone(): shared weights (a tied embedding) become separate tensors, which safetensors can save
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
     save_json(directory / "config.json", model.config)  # type: ignore[arg-type]
 
