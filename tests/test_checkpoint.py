@@ -306,3 +306,15 @@ def test_dev_generation_leaves_the_tokenizer_as_it_was(functions: Path, tmp_path
     family.save(family.model, tmp_path / "ckpt")
     saved = json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())
     assert saved.get("padding_side", "right") == "right"
+
+
+def test_lora_base_reference_names_the_default_model(tmp_path: Path) -> None:
+    """A LoRA run without --model adapts the embedded SmolLM2: the card must name it, not None."""
+    from pycodegen.models.hf import HFCausalFamily
+
+    cfg = TrainConfig(family="hf-causal", data=tmp_path, mode="lora")
+    assert HFCausalFamily(cfg, {"task": "instruction"}, tmp_path).base_reference() == "smollm2-135m-instruct"
+    local = tmp_path / "my-model"
+    local.mkdir()
+    cfg = TrainConfig(family="hf-causal", data=tmp_path, mode="lora", model=str(local))
+    assert HFCausalFamily(cfg, {"task": "instruction"}, tmp_path).base_reference() == str(local.resolve())

@@ -80,7 +80,7 @@ def tiny_dataset(root: Path) -> Path:
     [
         ("char-rnn", None, "cel", "cell, dropout, n_embd, n_layer$"),
         ("seq2seq", None, "n_layr", "d_ff, d_model, dropout, max_len, n_head, n_layer_dec, n_layer_enc$"),
-        ("retrieval", None, "encodr", "dim, encoder, scale, vocab$"),
+        ("retrieval", None, "encodr", "dim, encoder, scale, shared_embedding, vocab$"),
         ("hf-causal", "new:gpt2", "n_layr", "n_layer"),
         ("hf-causal", "new:llama", "hidden_sise", "hidden_size"),
         ("hf-seq2seq", "new:t5", "num_layer", "num_layers"),

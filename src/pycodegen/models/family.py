@@ -139,10 +139,14 @@ class Family:
         )
         return {"family": self.name, "model_type": model_type, "architecture": type(base).__name__}
 
+    def model_reference(self) -> str | None:
+        """The model the family starts from (`--model`, or the family's default)."""
+        return self.cfg.model
+
     def base_reference(self) -> str | None:
         """The base model of a LoRA adapter as the card records it: a zoo name, an absolute directory, or
         BASE_DIR when the base was built here (`new:...`) and `save_files` wrote it into the checkpoint."""
-        ref = self.cfg.model
+        ref = self.model_reference()
         if ref is None or ref.startswith("new:"):
             return BASE_DIR if ref else None
         path = Path(ref).expanduser()

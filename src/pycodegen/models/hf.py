@@ -17,6 +17,7 @@ import torch
 from pycodegen.errors import ConfigError
 from pycodegen.models.family import BASE_DIR, Family, check_model_args, is_adapter, pad_field
 from pycodegen.models.losses import linear_cross_entropy
+from pycodegen.zoo import DEFAULT_MODEL
 
 # Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
 LORA_TARGETS = {
@@ -164,8 +165,11 @@ class HFCausalFamily(HFFamily):
     views = ("docstring-to-body", "instruction", "lm-windows")
     generates = True
 
+    def model_reference(self) -> str | None:
+        return self.cfg.model or DEFAULT_MODEL
+
     def setup(self) -> None:
-        ref = self.cfg.model or "smollm2-135m-instruct"
+        ref = self.model_reference() or DEFAULT_MODEL
         if ref.startswith(NEW_PREFIX):
             self.tokenizer = dataset_tokenizer(self.data_dir)
             self.model = new_causal_lm(ref[len(NEW_PREFIX) :], self.tokenizer, self.cfg.model_args)
