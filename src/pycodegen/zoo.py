@@ -1,22 +1,25 @@
-"""Resolve a model reference (zoo name, local HF directory, .gguf file) and load it offline.
+"""Resolve a model reference (zoo name, local HF directory, .gguf file, pycodegen checkpoint) and load
+it offline.
 
 Nothing here downloads: a zoo name resolves to weights shipped inside an installed package, and anything
 that looks like a hub id gets an error saying so. GGUF files are de-quantized by transformers on first use
 (about 20 s for the embedded model) and the result is cached as a plain HF directory, so later loads take
-a second.
+a second. A pycodegen training checkpoint says what it is in its pycodegen.json card; generate and
+evaluate load those of the hf-causal family (LoRA adapters over their base included).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pycodegen.errors import ModelNotFoundError
+from pycodegen.errors import ConfigError, ModelNotFoundError
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,32 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+CARD_FILE = "pycodegen.json"  # the card every pycodegen training checkpoint carries
+CAUSAL_FAMILY = "hf-causal"
+
+
+def checkpoint_card(directory: Path) -> dict[str, Any] | None:
+    """The pycodegen.json card of a training checkpoint directory, or None when it has none."""
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); the checkpoint card is damaged"
+        ) from None
+    if not isinstance(card, dict) or not isinstance(card.get("family"), str):
+        raise ConfigError(f"{path}: not a pycodegen checkpoint card (no 'family')")
+    return card
+
+
+def recorded_prompt_mode(ref: str) -> str | None:
+    """The prompt mode a pycodegen checkpoint was trained with ('hust', 'chat' or 'raw'), for generate and
+    evaluate to default to; None when `ref` is not a checkpoint (a zoo name, an HF directory, a .gguf)."""
+    path = Path(ref).expanduser()
+    card = checkpoint_card(path) if path.is_dir() else None
+    return None if card is None else card.get("prompt_mode")
 
 
 @dataclass(frozen=True)
@@ -154,14 +183,58 @@ def load_tokenizer(ref: str) -> Any:
 
 def load_causal_lm(ref: str, dtype: str = "float32", quantization: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) for a decoder-only model reference, in eval mode (local files only);
-    `quantization` is a transformers quantization config (QLoRA's 4-bit weights, CUDA only)."""
-    _offline()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    `quantization` is a transformers quantization config (QLoRA's 4-bit weights, CUDA only).
 
+    A pycodegen checkpoint of the hf-causal family loads as itself, a LoRA checkpoint as a PeftModel
+    over the base model its card names (not merged); other families' checkpoints are refused."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    path = Path(ref).expanduser()
+    card = checkpoint_card(path) if path.is_dir() else None
+    if card is not None and card["family"] != CAUSAL_FAMILY:
+        raise ModelNotFoundError(
+            f"{ref} is a {card['family']} checkpoint; generate/evaluate use hf-causal models (zoo names, "
+            "HF directories, .gguf files, hf-causal checkpoints) until the decoding engine serves every "
+            "family"
+        )
+    if card is not None and card.get("adapter"):
+        return _load_adapter(path, card, dtype, quantization)
     directory = materialize(resolve_model(ref))
     tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = _causal_model(directory, dtype, quantization)
+    return model, tokenizer
+
+
+def _causal_model(directory: Path, dtype: str, quantization: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
     extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization is not None else {}
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype), **extra)
+    model.eval()
+    return model
+
+
+def _load_adapter(directory: Path, card: dict[str, Any], dtype: str, quantization: Any) -> tuple[Any, Any]:
+    """A LoRA checkpoint: its base (inside the checkpoint, or the reference the card records), the
+    checkpoint's tokenizer, and the adapter applied as a PeftModel."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base_ref = str(card["adapter"].get("base_model") or "")
+    inside = directory / base_ref
+    base_dir = inside if base_ref and inside.is_dir() else materialize(resolve_model(base_ref))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    seed = int((card.get("train_config") or {}).get("seed", 0))
+    # On lm-windows data, training resized the embeddings to the dataset tokenizer (its control tokens)
+    # with random rows drawn right after seeding: the same seed gives the same rows here.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        base = _causal_model(base_dir, dtype, quantization)
+        if (card.get("dataset") or {}).get("task") == "lm-windows":
+            base.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(base, directory)
     model.eval()
     return model, tokenizer

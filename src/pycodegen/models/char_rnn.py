@@ -1,7 +1,9 @@
 """The char-RNN baseline of the Stanford system: an RNN/GRU/LSTM over characters (Karpathy's char-rnn).
 
-Defaults follow the paper: LSTM, 2 layers × 128 units, sequences of 50-128 characters, batch 50,
-learning rate 0.002 decayed ×0.97 per epoch, gradient clipping at 5.
+Defaults follow the paper: LSTM, 2 layers × 128 units (the model arguments), and the training settings
+of `CharRNNFamily.default_overrides`: batch 50, learning rate 0.002 decayed ×0.97 per epoch, gradient
+clipping at 5, used wherever the user did not set them. Sequences of 50-128 characters are the dataset's
+(`prepare --task char-stream --seq-len`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import torch
 from torch import nn
 
 from pycodegen.data.tokenizers import CharVocab
-from pycodegen.models.family import Family, register, save_module
+from pycodegen.errors import unknown_name
+from pycodegen.models.family import Family, check_model_args, read_model_config, save_module
+
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+DEFAULTS: dict[str, Any] = {"n_embd": 128, "n_layer": 2, "cell": "lstm", "dropout": 0.0}
 
 
 class CharRNN(nn.Module):
@@ -21,7 +27,9 @@ class CharRNN(nn.Module):
         self, vocab_size: int, n_embd: int = 128, n_layer: int = 2, cell: str = "lstm", dropout: float = 0.0
     ) -> None:
         super().__init__()
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+        if cell not in CELLS:
+            raise unknown_name("char-rnn cell", cell, list(CELLS))
+        rnn = CELLS[cell]
         self.config = {
             "vocab_size": vocab_size,
             "n_embd": n_embd,
@@ -40,10 +48,21 @@ class CharRNN(nn.Module):
         return self.head(y), state  # (B, T, V)
 
 
-@register
 class CharRNNFamily(Family):
     name = "char-rnn"
     views = ("char-stream",)
+
+    tokenizer_file = "vocab.json"
+
+    @classmethod
+    def default_overrides(cls) -> dict[str, Any]:
+        return {
+            "batch_size": 50,
+            "lr": 0.002,
+            "schedule": "exponential",
+            "decay_per_epoch": 0.97,
+            "clip": 5.0,
+        }
 
     def setup(self) -> None:
         source = Path(self.cfg.model) if self.cfg.model else None
@@ -53,16 +72,27 @@ class CharRNNFamily(Family):
             else (self.data_dir / "vocab.json")
         )
         self.vocab = CharVocab.load(vocab_path)
-        opts = {"n_embd": 128, "n_layer": 2, "cell": "lstm", "dropout": 0.0, **self.cfg.model_args}
-        self.model = CharRNN(
+        check_model_args(self.name, self.cfg.model_args, list(DEFAULTS))
+        has_config = source is not None and (source / "config.json").is_file()
+        self.model = self.build(
+            read_model_config(source) if has_config else {**DEFAULTS, **self.cfg.model_args}
+        )
+        if source is not None:
+            self.load_weights(self.model, source)
+
+    def build(self, opts: dict[str, Any]) -> CharRNN:
+        return CharRNN(
             len(self.vocab.itos),
             int(opts["n_embd"]),
             int(opts["n_layer"]),
             str(opts["cell"]),
             float(opts["dropout"]),
         )
-        if source is not None:
-            self.load_weights(self.model, source)
+
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        self.vocab = CharVocab.load(directory / "vocab.json")
+        self.model = self.build(read_model_config(directory))
+        self.load_weights(self.model, directory)
 
     def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
         ids = self.vocab.encode(row["text"])
@@ -74,7 +104,7 @@ class CharRNNFamily(Family):
             logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100
         )
 
-    def save(self, model: nn.Module, directory: Path) -> None:
+    def save_files(self, model: nn.Module, directory: Path) -> None:
         save_module(model, directory)
         self.vocab.save(directory / "vocab.json")
 

@@ -1,5 +1,11 @@
 """Hugging Face families: `hf-causal` (decoder-only: the embedded SmolLM2, a local GPT-2/Llama-shaped
-directory, or a new model from a config) with loss masking of prompt tokens, and its LoRA targets."""
+directory, or a new model from a config) with loss masking of prompt tokens, and `hf-seq2seq`
+(T5/CodeT5+ shapes); their LoRA targets, checkpoint loading and greedy decoding for dev evaluation.
+
+A new model's default size (`new:gpt2`, `new:llama`: 4 layers × 256 wide, 4 heads, about 3.2M parameters
+besides the embeddings) is the smallest that learns more than token frequencies on the stdlib; set
+others with `--model-arg` (the names of the architecture's transformers config; a typo is an error).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from typing import Any
 import torch
 
 from pycodegen.errors import ConfigError
-from pycodegen.models.family import Family, pad_field, register
+from pycodegen.models.family import BASE_DIR, Family, check_model_args, is_adapter, pad_field
 from pycodegen.models.losses import linear_cross_entropy
+from pycodegen.zoo import DEFAULT_MODEL
 
 # Default LoRA target modules by architecture (the HUST system used q, k, v on T5).
 LORA_TARGETS = {
@@ -19,6 +26,18 @@ LORA_TARGETS = {
     "t5": ["q", "k", "v"],
 }
 NEW_PREFIX = "new:"
+# Default sizes of new models (see the module docstring).
+NEW_SIZES: dict[str, dict[str, int]] = {
+    "gpt2": {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512},
+    "llama": {
+        "num_hidden_layers": 4,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "intermediate_size": 768,
+        "max_position_embeddings": 512,
+    },
+    "t5": {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4},
+}
 # Architectures whose logits are exactly `lm_head(decoder(...).last_hidden_state)` (no scaling or
 # soft-capping), so the loss can be fused with the output layer (pycodegen.models.losses).
 FUSED_LOSS_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "starcoder2", "gpt_bigcode"}
@@ -47,55 +66,121 @@ def pack_windows(examples: list[dict[str, list[int]]], length: int) -> list[dict
     return packed
 
 
+def config_arg_names(model_type: str) -> set[str]:
+    """The architecture arguments a transformers config of `model_type` knows (its fields and aliases)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type)
+    return set(config.to_dict()) | set(getattr(config, "attribute_map", {}))
+
+
+def new_config(model_type: str, tokenizer: Any, args: dict[str, Any], **special: Any) -> Any:
+    """A transformers config for a new model of `model_type`, sized by NEW_SIZES and `args`."""
+    from transformers import AutoConfig
+
+    check_model_args(f"new:{model_type}", args, config_arg_names(model_type))
+    return AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), **special, **{**NEW_SIZES[model_type], **args}
+    )
+
+
 def new_causal_lm(model_type: str, tokenizer: Any, args: dict[str, Any]) -> torch.nn.Module:
     """A freshly initialised decoder-only model of an HF architecture, sized by `args`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if model_type not in ("gpt2", "llama"):
         raise ConfigError(f"new models can be of type gpt2 or llama, not {model_type!r}")
-    sizes = {
-        "gpt2": {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 512},
-        "llama": {
-            "num_hidden_layers": 2,
-            "hidden_size": 64,
-            "num_attention_heads": 2,
-            "intermediate_size": 128,
-            "max_position_embeddings": 512,
-        },
-    }[model_type]
-    config = AutoConfig.for_model(
+    config = new_config(
         model_type,
-        vocab_size=len(tokenizer),
+        tokenizer,
+        args,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **{**sizes, **args},
     )
     return AutoModelForCausalLM.from_config(config)
 
 
-@register
-class HFCausalFamily(Family):
+def dataset_tokenizer(data_dir: Path) -> Any:
+    """The BPE a dataset was prepared with (`--train-tokenizer`), which new models use."""
+    from transformers import AutoTokenizer
+
+    tok_dir = data_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        raise ConfigError(
+            f"a new model needs the dataset's tokenizer: {tok_dir} is missing "
+            "(prepare with --train-tokenizer)"
+        )
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def plain_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's weights as CPU tensors (a snapshot of a new model's initial weights); cloned, so that
+    tied weights become separate tensors, which safetensors can save."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class HFFamily(Family):
+    """What both HF families share: the tokenizer, saving with save_pretrained, and keeping a new
+    model's initial weights so that a LoRA checkpoint over it carries its base (BASE_DIR)."""
+
+    tokenizer: Any
+    base_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def keep_new_base(self) -> None:
+        if self.cfg.mode != "full" and self.model is not None:
+            self.base_state = plain_state(self.model)
+
+    def save_files(self, model: torch.nn.Module, directory: Path) -> None:
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        if is_adapter(model) and self.base_state is not None:
+            from safetensors.torch import save_file
+
+            (directory / BASE_DIR).mkdir(exist_ok=True)
+            save_file(self.base_state, str(directory / BASE_DIR / "model.safetensors"))
+            model.get_base_model().config.save_pretrained(directory / BASE_DIR)  # type: ignore[operator]
+
+    def architecture(self, model: torch.nn.Module) -> dict[str, Any]:
+        base = model.get_base_model() if is_adapter(model) else model  # type: ignore[operator]
+        config = base.config
+        names = getattr(config, "architectures", None) or [type(base).__name__]
+        return {"family": self.name, "model_type": config.model_type, "architecture": names[0]}
+
+    def describe(self) -> dict[str, Any]:
+        config = getattr(self.model, "config", None)
+        return {
+            "family": self.name,
+            "model": self.cfg.model,
+            "model_type": getattr(config, "model_type", None),
+        }
+
+
+class HFCausalFamily(HFFamily):
     name = "hf-causal"
     views = ("docstring-to-body", "instruction", "lm-windows")
     generates = True
 
-    def setup(self) -> None:
-        from transformers import AutoTokenizer
+    def model_reference(self) -> str | None:
+        return self.cfg.model or DEFAULT_MODEL
 
-        ref = self.cfg.model or "smollm2-135m-instruct"
+    def setup(self) -> None:
+        ref = self.model_reference() or DEFAULT_MODEL
         if ref.startswith(NEW_PREFIX):
-            tok_dir = self.data_dir / "tokenizer"
-            if not tok_dir.is_dir():
-                raise ConfigError(
-                    f"a new model needs the dataset's tokenizer: {tok_dir} is missing "
-                    "(prepare with --train-tokenizer)"
-                )
-            self.tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            self.tokenizer = dataset_tokenizer(self.data_dir)
             self.model = new_causal_lm(ref[len(NEW_PREFIX) :], self.tokenizer, self.cfg.model_args)
+            self.keep_new_base()
         else:
             from pycodegen.zoo import load_causal_lm
 
+            if self.cfg.model_args:
+                raise ConfigError(
+                    f"--model-arg sizes a new model (new:gpt2, new:llama); {ref} has its own architecture"
+                )
             quantization = None
             if self.cfg.mode == "qlora":  # 4-bit NF4 weights, bf16 compute (Dettmers et al. 2023)
                 from transformers import BitsAndBytesConfig
@@ -108,6 +193,8 @@ class HFCausalFamily(Family):
                 )
             self.model, self.tokenizer = load_causal_lm(ref, quantization=quantization)
             if self.manifest.get("task") == "lm-windows":
+                from transformers import AutoTokenizer
+
                 tok_dir = self.data_dir / "tokenizer"
                 data_tok = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.is_dir() else None
                 if data_tok is None or len(data_tok) < len(self.tokenizer):
@@ -121,9 +208,12 @@ class HFCausalFamily(Family):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.train()
 
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        from pycodegen.zoo import load_causal_lm
+
+        self.model, self.tokenizer = load_causal_lm(str(directory))  # a LoRA checkpoint: a PeftModel
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
 
     @property
     def lora_targets(self) -> list[str]:  # type: ignore[override]
@@ -171,7 +261,7 @@ class HFCausalFamily(Family):
     @staticmethod
     def fused_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
         """(decoder, output layer) when the loss can be fused with the output layer, else None."""
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+        base = model.get_base_model() if is_adapter(model) else model  # type: ignore[operator]
         config = getattr(base, "config", None)
         if getattr(config, "model_type", None) not in FUSED_LOSS_TYPES:
             return None
@@ -180,54 +270,57 @@ class HFCausalFamily(Family):
             return None
         return base.get_decoder(), head
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-
-    def load_weights(self, model: torch.nn.Module, directory: Path) -> None:
-        from safetensors.torch import load_file
-
-        if (directory / "adapter_model.safetensors").is_file():
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
-            return
-        super().load_weights(model, directory)
-
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
-        from pycodegen.generate.decoding import DecodingConfig, generate
-
+        """Greedy continuations of already formatted prompts, decoded in batches of 8."""
         was_training = model.training
         model.eval()
-        texts = generate(model, self.tokenizer, prompts, DecodingConfig(max_new_tokens=max_new_tokens))
+        texts = greedy_causal(model, self.tokenizer, prompts, max_new_tokens)
         model.train(was_training)
-        return [t[0] for t in texts]
-
-    def describe(self) -> dict[str, Any]:
-        config = getattr(self.model, "config", None)
-        return {
-            "family": self.name,
-            "model": self.cfg.model,
-            "model_type": getattr(config, "model_type", None),
-        }
+        return texts
 
 
-@register
-class HFSeq2SeqFamily(Family):
+def greedy_causal(
+    model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8
+) -> list[str]:
+    """Greedy decoding of a decoder-only model, batched. Prompts are left-padded here, by hand: setting
+    the tokenizer's padding_side would change the training tokenizer, and with it the saved checkpoints."""
+    pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [
+            tokenizer(p, add_special_tokens=False)["input_ids"] or [pad]
+            for p in prompts[start : start + batch_size]
+        ]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, T)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        out = model.generate(  # type: ignore[operator]
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return texts
+
+
+class HFSeq2SeqFamily(HFFamily):
     """T5/CodeT5+-shaped encoder-decoders: a local directory, or `new:t5` sized by model_args.
 
-    The HUST setting (decoder frozen except cross-attention) is `freeze: ["^decoder\\\\."]` with
+    The HUST setting (decoder frozen except cross-attention) is `freeze: ["^decoder\\."]` with
     `unfreeze: ["EncDecAttention"]`.
     """
 
     name = "hf-seq2seq"
     views = ("docstring-to-body", "instruction")
     generates = True
+    lora_targets = LORA_TARGETS["t5"]
 
     def setup(self) -> None:
-        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         ref = self.cfg.model
         if ref is None:
@@ -235,30 +328,43 @@ class HFSeq2SeqFamily(Family):
         if ref.startswith(NEW_PREFIX):
             if ref != "new:t5":
                 raise ConfigError(f"new encoder-decoders can be new:t5, not {ref!r}")
-            self.tokenizer = AutoTokenizer.from_pretrained(self.data_dir / "tokenizer")
-            sizes = {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2, "num_heads": 4}
-            config = AutoConfig.for_model(
+            self.tokenizer = dataset_tokenizer(self.data_dir)
+            config = new_config(
                 "t5",
-                vocab_size=len(self.tokenizer),
+                self.tokenizer,
+                self.cfg.model_args,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 decoder_start_token_id=self.tokenizer.pad_token_id,
-                **{**sizes, **self.cfg.model_args},
             )
             self.model = AutoModelForSeq2SeqLM.from_config(config)
+            self.keep_new_base()
         else:
             from pycodegen.zoo import materialize, resolve_model
 
+            if self.cfg.model_args:
+                raise ConfigError(f"--model-arg sizes a new model (new:t5); {ref} has its own architecture")
             directory = materialize(resolve_model(ref))
             self.tokenizer = AutoTokenizer.from_pretrained(directory)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(directory)
         self.model.train()
 
-    @property
-    def pad_id(self) -> int:
-        return int(self.tokenizer.pad_token_id)
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    lora_targets = LORA_TARGETS["t5"]
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        adapter = card.get("adapter")
+        if not adapter:
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(directory)
+            return
+        from peft import PeftModel
+
+        from pycodegen.zoo import materialize, resolve_model
+
+        base_ref = str(adapter.get("base_model") or "")
+        inside = directory / base_ref
+        base_dir = inside if base_ref and inside.is_dir() else materialize(resolve_model(base_ref))
+        self.model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(base_dir), directory)
 
     def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
         limit = self.cfg.max_length
@@ -279,13 +385,6 @@ class HFSeq2SeqFamily(Family):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss  # decoder inputs are the labels shifted right, as T5 does
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-
-    load_weights = HFCausalFamily.load_weights
-
     @torch.no_grad()
     def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
         was_training = model.training
@@ -293,12 +392,9 @@ class HFSeq2SeqFamily(Family):
         outs = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]
                 input_ids=ids[:, : self.cfg.max_length], max_new_tokens=max_new_tokens, do_sample=False
             )
             outs.append(self.tokenizer.decode(out[0], skip_special_tokens=True))
         model.train(was_training)
         return outs
-
-    def describe(self) -> dict[str, Any]:
-        return {"family": self.name, "model": self.cfg.model, "model_type": "t5"}

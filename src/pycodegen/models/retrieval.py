@@ -4,6 +4,13 @@ with the softmax loss over in-batch pairs and evaluated by MRR against 999 distr
 
 Subtokens: identifiers split at underscores and camelCase, lower-cased, as CodeSearchNet does; the
 vocabulary is the most frequent subtokens of the training split (saved as vocab.json).
+
+Unlike CodeSearchNet's baselines, the two encoders share their subtoken embedding by default
+(`shared_embedding`; `--model-arg shared_embedding=false` for separate ones): a query and a function
+that use the same words start out close, so a short run is useful. On the stdlib docstring-to-body
+split (263 validation rows, chance MRR 0.023), the family defaults (200 steps, batch 64, lr 0.005) reach
+MRR 0.46 in about 40 s; separate embeddings reached 0.29 after 1500 such steps, and 0.026 with the
+global defaults (batch 8, lr 5e-4).
 """
 
 from __future__ import annotations
@@ -19,9 +26,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
+from pycodegen.jsonl import read_jsonl
 from pycodegen.metrics import mean_reciprocal_rank
-from pycodegen.models.family import Family, pad_field, register, save_module
+from pycodegen.models.family import Family, check_model_args, pad_field, read_model_config, save_module
 
+DEFAULTS: dict[str, Any] = {
+    "encoder": "nbow",
+    "dim": 128,
+    "vocab": 10000,
+    "scale": 20.0,
+    "shared_embedding": True,
+}
+AT_CHANCE = 1.5  # an MRR below this multiple of chance's is reported as a model at chance
 WORD = re.compile(r"[A-Za-z]+|\d+")
 CAMEL = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
@@ -33,6 +49,18 @@ def subtokens(text: str) -> list[str]:
     ['def', 'get', 'user', 'name', 'user', 'id', 'return', 'http', 'error']
     """
     return [p.lower() for w in WORD.findall(text) for p in CAMEL.findall(w)]
+
+
+def chance_mrr(n: int, distractors: int) -> float:
+    """The MRR of a random ranking, as `mean_reciprocal_rank` cuts `n` queries into chunks of
+    `distractors + 1`: a query's expected reciprocal rank among m candidates is H(m) / m.
+
+    >>> round(chance_mrr(263, 262), 4), chance_mrr(2, 1)
+    (0.0234, 0.75)
+    """
+    size = distractors + 1
+    chunks = [min(size, n - start) for start in range(0, n, size)]
+    return sum(sum(1 / r for r in range(1, m + 1)) for m in chunks) / n
 
 
 class Encoder(nn.Module):
@@ -58,6 +86,8 @@ class DualEncoder(nn.Module):
         self.config = {**config, "model_type": "pycodegen-retrieval"}
         self.query = Encoder(config["vocab_size"], config["dim"], config["encoder"])
         self.code = Encoder(config["vocab_size"], config["dim"], config["encoder"])
+        if config.get("shared_embedding"):
+            self.code.embed = self.query.embed
 
     def forward(self, query: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         q = F.normalize(self.query(query), dim=-1)  # (B, C)
@@ -65,35 +95,45 @@ class DualEncoder(nn.Module):
         return q @ c.T * self.config["scale"]  # (B, B): every query against every code of the batch
 
 
-@register
 class RetrievalFamily(Family):
     name = "retrieval"
     views = ("docstring-to-body",)
 
+    @classmethod
+    def default_overrides(cls) -> dict[str, Any]:
+        # the softmax over in-batch pairs needs many negatives, and embeddings learn slowly at 5e-4
+        return {"batch_size": 64, "lr": 0.005}
+
+    tokenizer_file = "vocab.json"
+
     def setup(self) -> None:
-        source = Path(self.cfg.model) if self.cfg.model else None
-        if source is not None:
-            config = json.loads((source / "config.json").read_text())
-            self.vocab = json.loads((source / "vocab.json").read_text())
-        else:
-            opts = {"encoder": "nbow", "dim": 128, "vocab": 10000, "scale": 20.0, **self.cfg.model_args}
-            if opts["encoder"] not in ("nbow", "bigru"):
-                raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
-            counts: Counter[str] = Counter()
-            for line in (self.data_dir / "train.jsonl").read_text().splitlines():
-                row = json.loads(line)
-                counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
-            self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
-            config = {
-                "encoder": opts["encoder"],
-                "dim": int(opts["dim"]),
-                "scale": float(opts["scale"]),
-                "vocab_size": len(self.vocab),
-            }
+        if self.cfg.model:
+            directory = Path(self.cfg.model)
+            self.setup_from_checkpoint(directory, {})
+            return
+        check_model_args(self.name, self.cfg.model_args, list(DEFAULTS))
+        opts = {**DEFAULTS, **self.cfg.model_args}
+        if opts["encoder"] not in ("nbow", "bigru"):
+            raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
+        counts: Counter[str] = Counter()
+        for row in read_jsonl(self.data_dir / "train.jsonl"):
+            counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
+        self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
+        config = {
+            "encoder": opts["encoder"],
+            "dim": int(opts["dim"]),
+            "scale": float(opts["scale"]),
+            "shared_embedding": bool(opts["shared_embedding"]),
+            "vocab_size": len(self.vocab),
+        }
         self.index = {w: i for i, w in enumerate(self.vocab)}
         self.model = DualEncoder(config)
-        if source is not None:
-            self.load_weights(self.model, source)
+
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        self.vocab = json.loads((directory / "vocab.json").read_text())
+        self.index = {w: i for i, w in enumerate(self.vocab)}
+        self.model = DualEncoder(read_model_config(directory))
+        self.load_weights(self.model, directory)
 
     @staticmethod
     def query_text(row: dict[str, Any]) -> str:
@@ -142,11 +182,22 @@ class RetrievalFamily(Family):
         model.train(was_training)
         distractors = min(999, len(rows) - 1)
         return {
-            "mrr": mean_reciprocal_rank((queries @ codes.T).numpy(), distractors),
-            "mrr_distractors": distractors,
+            "valid_mrr": mean_reciprocal_rank((queries @ codes.T).numpy(), distractors),
+            "valid_mrr_chance": chance_mrr(len(rows), distractors),
+            "valid_mrr_distractors": distractors,
         }
 
-    def save(self, model: nn.Module, directory: Path) -> None:
+    def notes(self, metrics: dict[str, Any]) -> list[str]:
+        mrr, chance = metrics.get("valid_mrr"), metrics.get("valid_mrr_chance")
+        if mrr is None or chance is None or mrr > AT_CHANCE * chance:
+            return []
+        return [
+            f"validation MRR {mrr:.3f} is at chance ({chance:.3f} for random ranking among "
+            f"{int(metrics.get('valid_mrr_distractors', 0)) + 1} candidates): the model has not learned "
+            "to match queries to code; train longer or with a higher --lr"
+        ]
+
+    def save_files(self, model: nn.Module, directory: Path) -> None:
         save_module(model, directory)
         (directory / "vocab.json").write_text(json.dumps(self.vocab))
 

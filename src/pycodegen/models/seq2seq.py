@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pycodegen.errors import ConfigError
-from pycodegen.models.family import Family, pad_field, register, save_module
+from pycodegen.models.family import Family, check_model_args, pad_field, read_model_config, save_module
 
 DEFAULTS = {
     "d_model": 256,
@@ -182,11 +182,11 @@ def _until(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos)] if eos in ids else ids
 
 
-@register
 class Seq2SeqFamily(Family):
     name = "seq2seq"
     views = ("docstring-to-body", "instruction")
     generates = True
+    tokenizer_file = "tokenizer"
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
@@ -205,6 +205,7 @@ class Seq2SeqFamily(Family):
         if source is not None:
             config = json.loads((source / "config.json").read_text())
         else:
+            check_model_args(self.name, self.cfg.model_args, list(DEFAULTS))
             config = {
                 **DEFAULTS,
                 **self.cfg.model_args,
@@ -214,6 +215,13 @@ class Seq2SeqFamily(Family):
         self.model = Seq2SeqTransformer(config)
         if source is not None:
             self.load_weights(self.model, source)
+
+    def setup_from_checkpoint(self, directory: Path, card: dict[str, Any]) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+        self.model = Seq2SeqTransformer(read_model_config(directory))
+        self.load_weights(self.model, directory)
 
     @property
     def pad_id(self) -> int:
@@ -239,7 +247,7 @@ class Seq2SeqFamily(Family):
         logits = model(batch["src"], batch["tgt_in"])
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
 
-    def save(self, model: nn.Module, directory: Path) -> None:
+    def save_files(self, model: nn.Module, directory: Path) -> None:
         save_module(model, directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
 
