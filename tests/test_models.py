@@ -35,14 +35,15 @@ def test_unknown_references_never_download(ref: str) -> None:
 def test_embedded_model_generates_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loads the real SmolLM2 (converted once from GGUF, then cached) and decodes greedily."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from pycodegen.generate.decoding import DecodingConfig, format_prompt, generate, resolve_prompt_mode
+    from pycodegen.config import SamplingConfig
+    from pycodegen.generate.decoding import format_prompt, generate, resolve_prompt_mode
     from pycodegen.zoo import load_causal_lm
 
     model, tokenizer = load_causal_lm("smollm2-135m-instruct")
     mode = resolve_prompt_mode(tokenizer, "auto")
     assert mode == "chat"  # an instruct model's tokenizer carries a chat template
     prompt = format_prompt(tokenizer, "Write a Python function that adds two numbers.", mode)
-    cfg = DecodingConfig(max_new_tokens=24)
+    cfg = SamplingConfig(max_new_tokens=24)
     first = generate(model, tokenizer, [prompt], cfg)
     again = generate(model, tokenizer, [prompt, prompt], cfg)
     assert first[0][0].strip() and again == [first[0], first[0]]  # greedy is deterministic, batch or not

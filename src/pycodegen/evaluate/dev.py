@@ -17,6 +17,7 @@ from pycodegen import metrics
 from pycodegen.generate.postprocess import extract_code_block
 from pycodegen.models.family import Family
 from pycodegen.sandbox.executor import Executor, Job
+from pycodegen.train.callbacks import TrainCallback
 
 if TYPE_CHECKING:
     from pycodegen.config import TrainConfig
@@ -54,13 +55,9 @@ def generation_metrics(
     return result
 
 
-class DevGeneration:
+class DevGeneration(TrainCallback):
     """At each validation pass, generate for the first `eval_samples` validation rows that have a prompt
-    and score them (see `generation_metrics`). Families that do not generate text get no dev metrics.
-
-    A training callback (the `on_validate` hook of pycodegen.train.callbacks.TrainCallback, defined here
-    without importing train/: evaluate sits above it and imports only generate, models and the core).
-    """
+    and score them (see `generation_metrics`). Families that do not generate text get no dev metrics."""
 
     def __init__(self, eval_samples: int = 8, max_new_tokens: int = 128, timeout: float = 5.0) -> None:
         self.eval_samples = eval_samples

@@ -256,13 +256,3 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{directory} has no config.json: not a checkpoint of this family")
     return json.loads(path.read_text())
-
-
-def __getattr__(name: str) -> Any:
-    # For one integration step only: train/loop.py still imports get_family from here. The registry is
-    # pycodegen.models.registry; importing it at module level here would be an import circle.
-    if name == "get_family":
-        from pycodegen.models.registry import get_family
-
-        return get_family
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pycodegen.data.dataset_dir import SPLITS, read_manifest, read_split
 from pycodegen.errors import ConfigError
-from pycodegen.jsonl import read_jsonl
 from pycodegen.metrics import mean_reciprocal_rank
 from pycodegen.models.family import Family, check_model_args, pad_field, read_model_config, save_module
 
@@ -116,7 +116,7 @@ class RetrievalFamily(Family):
         if opts["encoder"] not in ("nbow", "bigru"):
             raise ConfigError(f"retrieval encoder {opts['encoder']!r}: use nbow or bigru")
         counts: Counter[str] = Counter()
-        for row in read_jsonl(self.data_dir / "train.jsonl"):
+        for row in read_split(self.data_dir, "train"):
             counts.update(subtokens(self.query_text(row)) + subtokens(self.code_text(row)))
         self.vocab = ["<pad>", "<unk>", *[w for w, _ in counts.most_common(int(opts["vocab"]) - 2)]]
         config = {
@@ -214,13 +214,8 @@ def search(model_dir: Path, corpus: Path, query: str, top: int = 5) -> list[dict
     family.setup()
     assert family.model is not None
     family.model.eval()
-    rows = [
-        json.loads(x)
-        for split in ("train", "valid", "test")
-        if (corpus / f"{split}.jsonl").is_file()
-        for x in (corpus / f"{split}.jsonl").read_text().splitlines()
-        if x.strip()
-    ]
+    read_manifest(corpus)  # a clear error when `corpus` is not a dataset directory
+    rows = [row for split in SPLITS for row in read_split(corpus, split)]
     if not rows:
         raise ConfigError(f"{corpus} has no functions to search")
     codes = family.embed_codes(family.model, [family.code_text(r) for r in rows])

@@ -2,9 +2,9 @@
 without `train/` importing it: the CLI or the recipe runner builds the callbacks and passes them to
 `train(cfg, console, callbacks=[...])`.
 
-Every hook has a default that does nothing, so a subclass overrides only what it needs. The trainer
-calls a hook only on callbacks that have it, so a class above train/ (which may not import this module,
-e.g. evaluate.dev.DevGeneration) can define just the hooks it implements, with these signatures.
+Every hook has a default that does nothing, so a subclass overrides only what it needs. This module
+imports nothing at run time, so the implementations above train/ (evaluate.dev.DevGeneration) subclass
+it: the one import the layout test allows from a higher room into train/.
 """
 
 from __future__ import annotations

@@ -33,10 +33,11 @@ from rich.console import Console
 
 from pycodegen.config import TrainConfig
 from pycodegen.console import progress
-from pycodegen.data.prepare import read_manifest
+from pycodegen.data.dataset_dir import read_manifest
 from pycodegen.errors import ConfigError, PycodegenError
 from pycodegen.jsonl import dumps, iter_jsonl, read_jsonl, write_json, write_jsonl
-from pycodegen.models.family import Family, get_family
+from pycodegen.models.family import Family
+from pycodegen.models.registry import apply_family_defaults, get_family
 from pycodegen.train.callbacks import TrainCallback
 
 STATE_DIR = "trainer_state"  # inside a step checkpoint: what accelerator.save_state writes
@@ -186,18 +187,17 @@ class Trainer:
     """Runs one training configuration; `run()` returns a summary (also in OUT/summary.json)."""
 
     def __init__(
-        self, cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback | Any] = ()
+        self, cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback] = ()
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg = apply_family_defaults(cfg)  # e.g. retrieval's batch 64 where the user set none
         self.console = console or Console(stderr=True)
         self.out = Path(cfg.out)
         self.callbacks = list(callbacks)
         self.interrupted = False
 
     def call(self, hook: str, *args: Any) -> list[Any]:
-        """Call `hook(self, *args)` on every callback that has it (a callback may subclass TrainCallback
-        or, like evaluate.dev.DevGeneration, which must not import train/, define only its hooks)."""
-        return [getattr(c, hook)(self, *args) for c in self.callbacks if hasattr(c, hook)]
+        """Call `hook(self, *args)` on every callback (each declares every hook: TrainCallback)."""
+        return [getattr(c, hook)(self, *args) for c in self.callbacks]
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -616,6 +616,7 @@ class Trainer:
             "elapsed_s": round(time.perf_counter() - started, 2),
             **final_eval,
             **self.family.describe(),
+            "notes": self.family.notes(final_eval),
         }
         if acc.is_main_process:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -624,6 +625,8 @@ class Trainer:
                 + (f", valid loss {final_eval['valid_loss']:.4f}" if "valid_loss" in final_eval else "")
                 + f" → {final} (best: step {pos.best['step']})"
             )
+            for note in summary["notes"]:
+                self.console.print(f"[bold yellow]note:[/] {note}", highlight=False)
         self.call("on_train_end", summary)
         return summary
 
@@ -661,7 +664,7 @@ class Trainer:
 
 
 def train(
-    cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback | Any] = ()
+    cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback] = ()
 ) -> dict[str, Any]:
     """Train `cfg`; `callbacks` (e.g. evaluate.dev.DevGeneration) add dev metrics and hooks."""
     return Trainer(cfg, console, callbacks).run()
