@@ -274,6 +274,14 @@ def test_recorded_prompt_mode(functions: Path, tmp_path: Path, shared_data: Path
     )
     run(hust, tmp_path / "h", "hf-causal", "new:gpt2")
     assert recorded_prompt_mode(str(tmp_path / "h" / "final")) == "hust"
+    # generate (and evaluate, through the same resolver) default to it: issue 10, B9
+    from pycodegen.config import GenerateConfig
+    from pycodegen.generate.freeform import run_generate
+
+    cfg = GenerateConfig(model=str(tmp_path / "h" / "final"), prompt=["add two numbers"], max_new_tokens=4)
+    assert [r["prompt_mode"] for r in run_generate(cfg, QUIET, echo=False)] == ["hust"]
+    explicit = cfg.model_copy(update={"prompt_mode": "raw"})
+    assert [r["prompt_mode"] for r in run_generate(explicit, QUIET, echo=False)] == ["raw"]
     run(functions, tmp_path / "r", "hf-causal", "new:gpt2")
     assert recorded_prompt_mode(str(tmp_path / "r" / "final")) == "raw"
     (tmp_path / "plain").mkdir()

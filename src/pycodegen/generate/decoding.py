@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pycodegen.errors import ConfigError
 from pycodegen.generate.postprocess import code_block_end, truncate
 from pycodegen.templates import hust_prompt
+from pycodegen.zoo import recorded_prompt_mode
 
 if TYPE_CHECKING:
     import torch
@@ -22,11 +23,16 @@ if TYPE_CHECKING:
 PROMPT_MODES = ("auto", "raw", "chat", "hust")
 
 
-def resolve_prompt_mode(tokenizer: Any, mode: str) -> str:
-    """The concrete prompt mode: `auto` becomes `chat` if the tokenizer has a chat template, else `raw`."""
+def resolve_prompt_mode(tokenizer: Any, mode: str, model_ref: str | None = None) -> str:
+    """The concrete prompt mode. `auto` becomes the format a pycodegen checkpoint (`model_ref`) was trained
+    with (its card says, e.g. `hust` for HUST-template data), else `chat` if the tokenizer has a chat
+    template, else `raw`."""
     if mode not in PROMPT_MODES:
         raise ConfigError(f"unknown prompt mode {mode!r}; valid: {', '.join(PROMPT_MODES)}")
     if mode == "auto":
+        recorded = recorded_prompt_mode(model_ref) if model_ref else None
+        if recorded is not None and (recorded != "chat" or getattr(tokenizer, "chat_template", None)):
+            return recorded
         return "chat" if getattr(tokenizer, "chat_template", None) else "raw"
     if mode == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ConfigError("prompt mode 'chat' needs a tokenizer with a chat template; use 'raw' or 'hust'")

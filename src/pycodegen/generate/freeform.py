@@ -43,7 +43,7 @@ def generate_freeform(cfg: Any, console: Console, echo: bool = True) -> list[dic
     started = time.perf_counter()
     console.print(f"[bold cyan]generate[/] loading {cfg.model}")
     model, tokenizer = load_causal_lm(cfg.model)
-    mode = resolve_prompt_mode(tokenizer, cfg.prompt_mode)
+    mode = resolve_prompt_mode(tokenizer, cfg.prompt_mode, cfg.model)
     formatted = [format_prompt(tokenizer, p, mode) for p in cfg.prompt]
     loaded = time.perf_counter()
     completions = generate(model, tokenizer, formatted, cfg)

@@ -77,7 +77,7 @@ def generate_samples(
     from pycodegen.zoo import load_causal_lm
 
     model, tokenizer = loaded or load_causal_lm(model_ref)
-    mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode)
+    mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode, model_ref)
     n, temperature = sampling.n, sampling.temperature
     style_stops = HUMANEVAL_STOPS if mode == "raw" and all(p.style == "humaneval" for p in problems) else []
     meta = {
