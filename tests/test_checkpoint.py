@@ -118,6 +118,7 @@ def moved(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_card_says_what_the_checkpoint_is(chars: Path, tmp_path: Path) -> None:
     from pycodegen.models.checkpoint import read_card
+    from pycodegen.models.registry import apply_family_defaults
 
     cfg = run(chars, tmp_path / "run", "char-rnn")
     card = read_card(tmp_path / "run" / "final")
@@ -131,7 +132,8 @@ def test_card_says_what_the_checkpoint_is(chars: Path, tmp_path: Path) -> None:
         "adapter": None,
         "dataset": {"task": "char-stream", "template": None, "dataset_sha256": None},
         "prompt_mode": "raw",
-        "train_config": json.loads(cfg.model_dump_json()),
+        # the settings the run used: the family's own defaults where the user set none
+        "train_config": json.loads(apply_family_defaults(cfg).model_dump_json()),
     }
     assert read_card(tmp_path / "run" / "checkpoint-2")["family"] == "char-rnn"  # every checkpoint has one
     with pytest.raises(ConfigError, match="not a pycodegen training checkpoint"):

@@ -182,3 +182,24 @@ def test_run_prepare_then_train(tmp_path: Path, messy_tree: Path) -> None:
     assert summary["steps"] == 3 and summary["family"] == "char-rnn"
     second = pycodegen("run", str(recipe))
     assert second.returncode == 0 and "train is up to date" in second.stderr
+
+
+def test_run_evaluates_the_model_it_trained(tmp_path: Path, shared_data: Path) -> None:
+    """prepare → train → evaluate: the evaluate stage scores the trained checkpoint (train.out/best), not an
+    error about a missing --model (issue 10, C16)."""
+    rows = (shared_data / "mbpp.jsonl").read_text().splitlines()[:60]
+    (tmp_path / "mbpp.jsonl").write_text("\n".join(rows) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: t\nout: {tmp_path / 'run'}\n"
+        f"prepare:\n  source: {tmp_path / 'mbpp.jsonl'}\n  task: instruction\n  train_tokenizer: true\n"
+        "  vocab_size: 400\n  builtin_eval_sets: false\n  valid_fraction: 0.1\n  test_fraction: 0.1\n"
+        "train:\n  family: hf-causal\n  model: new:gpt2\n  max_steps: 2\n  batch_size: 4\n  eval_samples: 0\n"
+        "  model_args: {n_layer: 1, n_embd: 32, n_head: 2}\n"
+        "evaluate:\n  benchmark: humaneval\n  limit: 2\n  max_new_tokens: 8\n  timeout: 5\n  workers: 1\n"
+    )
+    result = pycodegen("run", str(recipe))
+    assert result.returncode == 0, result.stderr
+    card = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["run_card"]
+    assert card["model"] == str(tmp_path / "run" / "train" / "best")
+    assert card["prompt_mode"] == "hust"  # what the checkpoint was trained with

@@ -377,7 +377,7 @@ def test_corrupt_config_is_a_clear_error(tmp_path: Path, chars: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pycodegen", "train", "--config", str(bad)], capture_output=True, text=True
     )
-    assert result.returncode == 2 and "cannot read" in result.stderr
+    assert result.returncode == 2 and "not valid YAML" in result.stderr and "train.yaml" in result.stderr
 
 
 def test_ddp_on_two_processes_matches_one(chars: Path, tmp_path: Path) -> None:

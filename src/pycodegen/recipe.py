@@ -1,17 +1,21 @@
-"""`pycodegen run`: execute a recipe's stages in order, resumably.
+"""`pycodegen run`: execute a recipe's stages in order, resumably, handing each stage's output directory
+to the next (prepare.out → train.data; train.out/best → the model of generate and evaluate).
 
-Each finished stage leaves OUT/stages/NAME.json with the hash of its settings; a rerun skips a stage
-whose marker matches, so an interrupted recipe picks up at the stage that did not finish.
+Each finished stage leaves OUT/stages/NAME.json with the hash of its settings (and of every stage before
+it); a rerun skips a stage whose marker matches, so an interrupted recipe picks up at the stage that did
+not finish, and an interrupted train stage resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 
 from pycodegen.config import RecipeConfig
@@ -24,88 +28,100 @@ def _settings_hash(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> list[str]:
-    """Run the stages of a recipe; returns the names of the stages that ran (not skipped)."""
-    for stage, capability in NOT_BUILT.items():
-        if getattr(recipe, stage) is not None:
-            raise ConfigError(
-                f"recipe {recipe.name!r} has a {stage!r} stage, but {capability} is not built yet"
-            )
-    out = Path(recipe.out)
-    markers = out / "stages"
-    markers.mkdir(parents=True, exist_ok=True)
-    ran: list[str] = []
-    upstream = ""  # a changed earlier stage invalidates the later ones
+def defaults(cfg: BaseModel, **values: Any) -> Any:
+    """`cfg` with `values` for the fields the recipe left unset (what a stage inherits from another)."""
+    return cfg.model_copy(update={k: v for k, v in values.items() if k not in cfg.model_fields_set})
 
-    def stage(name: str, cfg: Any, action: Callable[[Any], object]) -> None:
+
+class RecipeRun:
+    """One execution of a recipe: the stages in order, each skipped when its marker is up to date."""
+
+    def __init__(self, recipe: RecipeConfig, console: Console, force: bool = False) -> None:
+        self.recipe, self.console, self.force = recipe, console, force
+        self.out = Path(recipe.out)
+        self.markers = self.out / "stages"
+        self.ran: list[str] = []
+        self.upstream = ""  # the digest of the stages so far: a changed earlier stage reruns the later ones
+
+    def stage(self, name: str, cfg: BaseModel, action: Callable[[Any], object]) -> None:
         """Run one stage unless its marker matches its settings and every earlier stage's."""
-        nonlocal upstream
         settings = json.loads(cfg.model_dump_json())
-        digest = _settings_hash({"settings": settings, "upstream": upstream})
-        marker = markers / f"{name}.json"
-        if not force and marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest:
-            console.print(f"[bold cyan]run[/] {name} is up to date ({cfg.out})")
+        digest = _settings_hash({"settings": settings, "upstream": self.upstream})
+        marker = self.markers / f"{name}.json"
+        up_to_date = marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest
+        if up_to_date and not self.force:
+            self.console.print(f"[bold cyan]run[/] {name} is up to date ({getattr(cfg, 'out', '')})")
         else:
-            console.rule(f"[bold]{recipe.name}: {name}")
+            self.console.rule(f"[bold]{self.recipe.name}: {name}")
             action(cfg)
             marker.write_text(
                 json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
             )
-            ran.append(name)
-        upstream = digest
+            self.ran.append(name)
+        self.upstream = digest
 
-    def defaults(cfg: Any, **values: Any) -> Any:
-        """`cfg` with `values` for the fields the recipe left unset."""
-        return cfg.model_copy(update={k: v for k, v in values.items() if k not in cfg.model_fields_set})
-
-    def run_prepare(cfg: Any) -> None:
+    # -- the stages -----------------------------------------------------------------------------------
+    def prepare(self, cfg: Any) -> None:
         from pycodegen.data.prepare import prepare
 
-        prepare(cfg, console)
+        prepare(cfg, self.console)
 
-    def run_train(cfg: Any) -> None:
-        import shutil
-
+    def train(self, cfg: Any) -> None:
         from pycodegen.evaluate.dev import dev_callbacks
         from pycodegen.train.loop import Trainer, train
 
-        if force:
+        if self.force:
             shutil.rmtree(cfg.out, ignore_errors=True)
         # A run that was interrupted left checkpoints: continue it rather than start over.
         resume = cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())})
-        train(resume, console, callbacks=dev_callbacks(cfg))
+        train(resume, self.console, callbacks=dev_callbacks(cfg))
 
-    def run_generate(cfg: Any) -> None:
-        from pycodegen.generate.freeform import run_generate as generate
+    def generate(self, cfg: Any) -> None:
+        from pycodegen.generate.freeform import run_generate
 
         if not cfg.prompt and cfg.benchmark is None and cfg.problems is None:
-            raise ConfigError(f"recipe {recipe.name!r}: generate needs prompts, a benchmark or problems")
+            raise ConfigError(f"recipe {self.recipe.name!r}: generate needs prompts, a benchmark or problems")
         # A stage that runs again (its settings changed) replaces its own free-prompt output; benchmark
         # samples resume instead (generate refuses other settings, so nothing stale is kept).
-        generate(cfg.model_copy(update={"overwrite": True}), console, echo=True)
+        run_generate(cfg.model_copy(update={"overwrite": True}), self.console, echo=True)
 
-    def run_evaluate(cfg: Any) -> None:
+    def evaluate(self, cfg: Any) -> None:
         from pycodegen.evaluate.score import run_evaluation
 
-        run_evaluation(cfg, console)
+        run_evaluation(cfg, self.console)
 
-    # Stages hand off through their output directories: prepare.out → train.data, and the trained
-    # checkpoint (train.out/best) is the model of a later generate or evaluate stage that names none.
-    prepared = defaults(recipe.prepare, out=out / "data") if recipe.prepare is not None else None
-    if prepared is not None:
-        stage("prepare", prepared, run_prepare)
-    trained: dict[str, Any] = {}
-    if recipe.train is not None:
-        data = {"data": prepared.out} if prepared is not None else {}
-        train_cfg = defaults(recipe.train, out=out / "train", **data)
-        stage("train", train_cfg, run_train)
-        trained = {"model": str(Path(train_cfg.out) / "best")}
-    if recipe.generate is not None:
-        stage("generate", defaults(recipe.generate, out=out / "samples.jsonl", **trained), run_generate)
-    if recipe.evaluate is not None:
-        evaluate_cfg = recipe.evaluate
-        model = trained if evaluate_cfg.samples is None else {}
-        stage("evaluate", defaults(evaluate_cfg, out=out / "eval", **model), run_evaluate)
-    if not ran:
-        console.print(f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)")
-    return ran
+    def run(self) -> list[str]:
+        """Every stage the recipe has, in flow order; returns the names of those that ran."""
+        recipe, out = self.recipe, self.out
+        for name, capability in NOT_BUILT.items():
+            if getattr(recipe, name) is not None:
+                raise ConfigError(
+                    f"recipe {recipe.name!r} has a {name!r} stage, but {capability} is not built yet"
+                )
+        self.markers.mkdir(parents=True, exist_ok=True)
+        prepared = defaults(recipe.prepare, out=out / "data") if recipe.prepare is not None else None
+        if prepared is not None:
+            self.stage("prepare", prepared, self.prepare)
+        trained: dict[str, Any] = {}
+        if recipe.train is not None:
+            data = {"data": prepared.out} if prepared is not None else {}
+            train_cfg = defaults(recipe.train, out=out / "train", **data)
+            self.stage("train", train_cfg, self.train)
+            trained = {"model": str(Path(train_cfg.out) / "best")}
+        if recipe.generate is not None:
+            self.stage(
+                "generate", defaults(recipe.generate, out=out / "samples.jsonl", **trained), self.generate
+            )
+        if recipe.evaluate is not None:
+            model = trained if recipe.evaluate.samples is None else {}
+            self.stage("evaluate", defaults(recipe.evaluate, out=out / "eval", **model), self.evaluate)
+        if not self.ran:
+            self.console.print(
+                f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)"
+            )
+        return self.ran
+
+
+def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> list[str]:
+    """Run the stages of a recipe; returns the names of the stages that ran (not skipped)."""
+    return RecipeRun(recipe, console, force).run()
