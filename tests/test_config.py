@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pycodegen.config import PrepareConfig, RecipeConfig, load_recipe, parse_config
+from pycodegen.config import PrepareConfig, RecipeConfig, TrainConfig, load_recipe, parse_config
 from pycodegen.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,3 +48,22 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="a recipe is a mapping"):
         load_recipe(bad)
+
+
+def test_config_choices_are_the_registries() -> None:
+    """A config's Literal choices and the registry that implements them name the same things: a format,
+    benchmark or prompt mode added to one but not the other fails here."""
+    import typing
+
+    from pycodegen.benchmarks import BENCHMARKS
+    from pycodegen.config import Benchmark, Format, PromptMode
+    from pycodegen.data.formats import FORMATS
+    from pycodegen.generate.decoding import PROMPT_MODES
+    from pycodegen.models.registry import FAMILIES
+
+    # "python-tree" is the source-tree reader (data/python_tree.py); the rest are dataset-file formats
+    assert set(typing.get_args(Format)) == {"auto", "python-tree", *FORMATS}
+    assert set(typing.get_args(Benchmark)) == set(BENCHMARKS)
+    assert set(typing.get_args(PromptMode)) == set(PROMPT_MODES)
+    families = parse_config(TrainConfig, {"family": "char-rnn"}).model_fields["family"].description or ""
+    assert all(name in families for name in FAMILIES), "the --family help lists every family"

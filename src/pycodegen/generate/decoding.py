@@ -7,10 +7,10 @@ picks `chat` when the tokenizer has a chat template and `raw` otherwise; the cho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pycodegen.errors import ConfigError
+from pycodegen.errors import ConfigError, unknown_name
 from pycodegen.generate.postprocess import code_block_end, truncate
 from pycodegen.templates import hust_prompt
 from pycodegen.zoo import recorded_prompt_mode
@@ -20,7 +20,20 @@ if TYPE_CHECKING:
 
     from pycodegen.config import SamplingConfig
 
-PROMPT_MODES = ("auto", "raw", "chat", "hust")
+
+
+def _chat(tokenizer: Any, text: str) -> str:
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+# The prompt modes: name → how a user prompt becomes the text the model sees (`auto` resolves to one).
+PROMPT_MODES: dict[str, Callable[[Any, str], str] | None] = {
+    "auto": None,
+    "raw": lambda tokenizer, text: text,  # base models continue the text as it is
+    "chat": _chat,  # the tokenizer's chat template (instruct models)
+    "hust": lambda tokenizer, text: hust_prompt(text),  # the HUST instruction template
+}
 
 
 def resolve_prompt_mode(tokenizer: Any, mode: str, model_ref: str | None = None) -> str:
@@ -28,7 +41,7 @@ def resolve_prompt_mode(tokenizer: Any, mode: str, model_ref: str | None = None)
     with (its card says, e.g. `hust` for HUST-template data), else `chat` if the tokenizer has a chat
     template, else `raw`."""
     if mode not in PROMPT_MODES:
-        raise ConfigError(f"unknown prompt mode {mode!r}; valid: {', '.join(PROMPT_MODES)}")
+        raise unknown_name("prompt mode", mode, list(PROMPT_MODES))
     if mode == "auto":
         recorded = recorded_prompt_mode(model_ref) if model_ref else None
         if recorded is not None and (recorded != "chat" or getattr(tokenizer, "chat_template", None)):
@@ -41,12 +54,10 @@ def resolve_prompt_mode(tokenizer: Any, mode: str, model_ref: str | None = None)
 
 def format_prompt(tokenizer: Any, text: str, mode: str) -> str:
     """The text the model sees for a user prompt under a concrete prompt mode."""
-    if mode == "chat":
-        messages = [{"role": "user", "content": text}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if mode == "hust":
-        return hust_prompt(text)
-    return text
+    formatter = PROMPT_MODES.get(mode)
+    if formatter is None:
+        raise ConfigError(f"prompt mode {mode!r} is not concrete; resolve it first (resolve_prompt_mode)")
+    return formatter(tokenizer, text)
 
 
 def _generated_only(matcher: Any, start: int) -> Any:
