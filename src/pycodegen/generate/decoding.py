@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from pycodegen.config import SamplingConfig
 
 
-
 def _chat(tokenizer: Any, text: str) -> str:
     messages = [{"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

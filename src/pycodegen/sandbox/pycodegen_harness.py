@@ -52,6 +52,9 @@ class UntrustedReturnValue(Exception):
 
 
 def run_sample(job: dict, verdict_fd: int) -> None:
+    # One long function on purpose: every name the harness uses after the program starts must be a local
+    # bound here, before the program runs, so that nothing the program rebinds (module globals, builtins)
+    # is looked up again; splitting it into helpers would reintroduce those global lookups.
     # Every name used after the program starts is bound here, before it runs.
     nonce = job["nonce"]
     write, exit_now, dumps = os.write, os._exit, json.dumps

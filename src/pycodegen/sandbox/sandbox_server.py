@@ -196,6 +196,9 @@ def oom_kills(cfg: dict) -> int:
 
 
 def run_job(job: dict, cfg: dict, seq: int) -> dict:
+    # Long on purpose: the fork, the child's confinement (limits, user, namespaces) and the parent's
+    # watch over its pipes share the same file descriptors and deadlines; read top to bottom it is one
+    # sample's life, which a split across helpers would scatter.
     wd = os.path.join(WORK_ROOT, str(seq))
     os.makedirs(wd)
     if cfg.get("uid") is not None:
