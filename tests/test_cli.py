@@ -203,3 +203,39 @@ def test_run_evaluates_the_model_it_trained(tmp_path: Path, shared_data: Path) -
     card = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())["run_card"]
     assert card["model"] == str(tmp_path / "run" / "train" / "best")
     assert card["prompt_mode"] == "hust"  # what the checkpoint was trained with
+
+
+def readme_commands() -> list[str]:
+    """Every `pycodegen VERB ...` command in README's shell blocks, continuation lines joined."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("pycodegen "):
+                commands.append(line)
+    return commands
+
+
+def test_readme_commands_parse_with_the_cli_as_it_is() -> None:
+    """Each README command names a real verb and only flags that verb has, with values of the right type
+    (parsed by the real CLI, not run): README cannot drift from the flags."""
+    import shlex
+
+    import typer
+
+    from pycodegen.cli import app
+
+    group = typer.main.get_command(app)
+    commands = readme_commands()
+    assert len(commands) > 20
+    root = group.context_class(group, info_name="pycodegen")  # typer ships its own copy of click
+    for line in commands:
+        args = [a for a in shlex.split(line)[1:] if a != "--verbose"]
+        command = group.get_command(root, args[0])
+        assert command is not None, f"README names no verb: {line}"
+        try:
+            command.make_context(args[0], args[1:], parent=root)
+        except Exception as exc:  # click's UsageError (typer's vendored click): unknown flag, bad value
+            raise AssertionError(f"README command does not parse: {line}\n  {exc}") from None

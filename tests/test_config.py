@@ -67,3 +67,16 @@ def test_config_choices_are_the_registries() -> None:
     assert set(typing.get_args(PromptMode)) == set(PROMPT_MODES)
     families = parse_config(TrainConfig, {"family": "char-rnn"}).model_fields["family"].description or ""
     assert all(name in families for name in FAMILIES), "the --family help lists every family"
+
+
+def test_beam_search_only_for_the_families_that_have_it() -> None:
+    from pycodegen.models.registry import FAMILIES
+
+    beam = {name for name, family in FAMILIES.items() if family.beam_search}
+    assert beam == {"seq2seq", "hf-seq2seq"}
+    for name in FAMILIES:
+        if name in beam:
+            assert parse_config(TrainConfig, {"family": name, "eval_beams": 3}).eval_beams == 3
+        else:
+            with pytest.raises(ConfigError, match="beam search is for the encoder-decoders"):
+                parse_config(TrainConfig, {"family": name, "eval_beams": 3})

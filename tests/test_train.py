@@ -461,6 +461,7 @@ def test_seq2seq_masks() -> None:
 
 
 def test_seq2seq_learns_saves_and_decodes(functions: Path, tmp_path: Path) -> None:
+    from pycodegen.evaluate.dev import generation_metrics
     from pycodegen.models.seq2seq import Seq2SeqFamily
 
     cfg = TrainConfig(
@@ -485,6 +486,13 @@ def test_seq2seq_learns_saves_and_decodes(functions: Path, tmp_path: Path) -> No
     greedy = a.generate(a.model, [prompt], 12)
     assert greedy == b.generate(b.model, [prompt], 12)
     assert a.generate(a.model, [prompt], 12, beams=3) == b.generate(b.model, [prompt], 12, beams=3)
+    # dev evaluation reaches beam search through the config (eval_beams)
+    from pycodegen.evaluate.dev import dev_callbacks
+
+    [dev] = dev_callbacks(cfg.model_copy(update={"eval_beams": 3}))
+    assert dev.beams == 3
+    rows = [json.loads(x) for x in (functions / "valid.jsonl").read_text().splitlines()[:2]]
+    assert "dev_bleu" in generation_metrics(a, a.model, rows, 8, beams=3)
 
 
 @pytest.fixture(scope="module")

@@ -317,6 +317,9 @@ class DevEvalConfig(StrictModel):
     eval_batches: int = Field(20, ge=1, description="Validation batches per pass.")
     eval_samples: int = Field(8, ge=0, description="Dev rows generated per pass (pass@1 / BLEU); 0 = off.")
     eval_max_new_tokens: int = Field(128, ge=1, description="Tokens generated per dev row.")
+    eval_beams: int = Field(
+        1, ge=1, description="Beam width of dev generation (seq2seq and hf-seq2seq); 1 = greedy."
+    )
     best_metric: str = Field(
         "auto",
         description="Metric of the best checkpoint; auto = dev_pass@1 when the dev rows have tests "
@@ -333,6 +336,10 @@ class TrainConfig(ModelSpec, OptimConfig, LoopConfig, LoraConfig, DevEvalConfig)
             raise ValueError("--unfreeze re-enables parameters that --freeze froze: give --freeze too")
         if self.target_modules and self.mode == "full":
             raise ValueError("--target-modules are LoRA targets: use --mode lora (or qlora)")
+        if self.eval_beams > 1 and self.family not in ("seq2seq", "hf-seq2seq"):
+            raise ValueError(
+                "--eval-beams > 1: beam search is for the encoder-decoders (seq2seq, hf-seq2seq)"
+            )
         return self
 
 

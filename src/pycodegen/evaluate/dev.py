@@ -31,11 +31,13 @@ def generation_metrics(
     rows: list[dict[str, Any]],
     max_new_tokens: int,
     timeout: float = 5.0,
+    beams: int = 1,
 ) -> dict[str, float]:
-    """dev_pass@1 (rows with tests), dev_bleu and dev_codebleu of greedy completions of `rows`."""
+    """dev_pass@1 (rows with tests), dev_bleu and dev_codebleu of greedy (or beam-searched, `beams` > 1)
+    completions of `rows`."""
     if not rows:
         return {}
-    completions = family.generate(model, [r["prompt"] for r in rows], max_new_tokens)
+    completions = family.generate(model, [r["prompt"] for r in rows], max_new_tokens, beams=beams)
     with_tests = [(r, c) for r, c in zip(rows, completions, strict=True) if r.get("tests")]
     result: dict[str, float] = {}
     if with_tests:
@@ -59,17 +61,20 @@ class DevGeneration(TrainCallback):
     """At each validation pass, generate for the first `eval_samples` validation rows that have a prompt
     and score them (see `generation_metrics`). Families that do not generate text get no dev metrics."""
 
-    def __init__(self, eval_samples: int = 8, max_new_tokens: int = 128, timeout: float = 5.0) -> None:
+    def __init__(
+        self, eval_samples: int = 8, max_new_tokens: int = 128, timeout: float = 5.0, beams: int = 1
+    ) -> None:
         self.eval_samples = eval_samples
         self.max_new_tokens = max_new_tokens
         self.timeout = timeout
+        self.beams = beams
 
     def on_validate(self, trainer: Any, model: torch.nn.Module, family: Family) -> dict[str, float]:
         """`trainer` is the running pycodegen.train.loop.Trainer: its `valid_rows` hold the dev rows."""
         if not family.generates or self.eval_samples <= 0:
             return {}
         dev = [r for r in trainer.valid_rows if "prompt" in r][: self.eval_samples]
-        return generation_metrics(family, model, dev, self.max_new_tokens, self.timeout)
+        return generation_metrics(family, model, dev, self.max_new_tokens, self.timeout, self.beams)
 
 
 def dev_callbacks(cfg: TrainConfig) -> list[DevGeneration]:
@@ -77,4 +82,4 @@ def dev_callbacks(cfg: TrainConfig) -> list[DevGeneration]:
     to `train(cfg, console, callbacks=dev_callbacks(cfg))` (none when eval_samples is 0)."""
     if cfg.eval_samples <= 0:
         return []
-    return [DevGeneration(cfg.eval_samples, cfg.eval_max_new_tokens)]
+    return [DevGeneration(cfg.eval_samples, cfg.eval_max_new_tokens, beams=cfg.eval_beams)]

@@ -110,7 +110,12 @@ class CharRNNFamily(Family):
 
     @torch.no_grad()
     def generate(
-        self, model: nn.Module, prompts: list[str], max_new_tokens: int, temperature: float = 0.0
+        self,
+        model: nn.Module,
+        prompts: list[str],
+        max_new_tokens: int,
+        beams: int = 1,
+        temperature: float = 0.0,
     ) -> list[str]:
         """Continue each prompt character by character (greedy, or sampled with `temperature`)."""
         outs = []

@@ -162,7 +162,13 @@ class Family:
             return
         load_full_state(model, directory)
 
-    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+    # Families whose `generate` takes beams > 1 (the encoder-decoders); the config validator checks it.
+    beam_search: ClassVar[bool] = False
+
+    def generate(
+        self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int, beams: int = 1
+    ) -> list[str]:
+        """One greedy (or, where `beam_search`, beam-searched) continuation per formatted prompt."""
         raise NotImplementedError(f"family {self.name!r} has no text generation")
 
     def describe(self) -> dict[str, Any]:

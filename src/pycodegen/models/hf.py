@@ -271,7 +271,9 @@ class HFCausalFamily(HFFamily):
         return base.get_decoder(), head
 
     @torch.no_grad()
-    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int, beams: int = 1
+    ) -> list[str]:
         """Greedy continuations of already formatted prompts, decoded in batches of 8."""
         was_training = model.training
         model.eval()
@@ -385,15 +387,22 @@ class HFSeq2SeqFamily(HFFamily):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss  # decoder inputs are the labels shifted right, as T5 does
 
+    beam_search = True
+
     @torch.no_grad()
-    def generate(self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int) -> list[str]:
+    def generate(
+        self, model: torch.nn.Module, prompts: list[str], max_new_tokens: int, beams: int = 1
+    ) -> list[str]:
         was_training = model.training
         model.eval()
         outs = []
         for prompt in prompts:
             ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
             out = model.generate(  # type: ignore[operator]
-                input_ids=ids[:, : self.cfg.max_length], max_new_tokens=max_new_tokens, do_sample=False
+                input_ids=ids[:, : self.cfg.max_length],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=beams,
             )
             outs.append(self.tokenizer.decode(out[0], skip_special_tokens=True))
         model.train(was_training)

@@ -251,6 +251,8 @@ class Seq2SeqFamily(Family):
         save_module(model, directory)
         self.tokenizer.save_pretrained(directory / "tokenizer")
 
+    beam_search = True
+
     @torch.no_grad()
     def generate(
         self, model: nn.Module, prompts: list[str], max_new_tokens: int, beams: int = 1
