@@ -23,7 +23,7 @@ from pycodegen.config import PrepareConfig
 from pycodegen.console import console as default_console
 from pycodegen.console import plural, progress
 from pycodegen.data import clean
-from pycodegen.data.dataset_dir import MANIFEST, read_manifest, split_path, write_manifest
+from pycodegen.data.dataset_dir import MANIFEST, split_path, write_manifest
 from pycodegen.data.decontaminate import (
     Decontaminator,
     EvalProblem,
@@ -42,8 +42,7 @@ from pycodegen.data.tokenizers import CharVocab, control_token, train_bpe, with_
 from pycodegen.errors import ConfigError, DataError
 from pycodegen.jsonl import write_jsonl
 
-__all__ = ["Preparer", "prepare", "read_manifest"]  # read_manifest: re-exported for train/ until it imports
-# pycodegen.data.dataset_dir itself
+__all__ = ["Preparer", "prepare"]
 
 EXAMPLES_IN_MANIFEST = 50
 TINY_SPLIT = 10  # a split with fewer records than this gives noisy numbers: warn

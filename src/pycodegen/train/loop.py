@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from pycodegen.config import TrainConfig
+from pycodegen.config import TrainConfig, parse_budget
 from pycodegen.console import progress
-from pycodegen.data.dataset_dir import read_manifest
+from pycodegen.data.dataset_dir import read_manifest, read_split
 from pycodegen.errors import ConfigError, PycodegenError
-from pycodegen.jsonl import dumps, iter_jsonl, read_jsonl, write_json, write_jsonl
+from pycodegen.jsonl import dumps, iter_jsonl, write_json, write_jsonl
 from pycodegen.models.family import Family
 from pycodegen.models.registry import apply_family_defaults, get_family
 from pycodegen.train.callbacks import TrainCallback
@@ -46,20 +46,6 @@ TICKS = 1000  # a budget-ruled schedule runs over this many ticks of elapsed tim
 
 class TrainingDiverged(PycodegenError):
     """The loss became NaN or infinite."""
-
-
-def parse_budget(text: str | None) -> float | None:
-    """Seconds in a budget such as '90s', '10m', '1.5h'.
-
-    >>> parse_budget("10m"), parse_budget("90s"), parse_budget("1.5h"), parse_budget(None)
-    (600.0, 90.0, 5400.0, None)
-    """
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        raise ConfigError(f"budget {text!r}: use a number with s, m or h, e.g. 10m")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int) -> Any:
@@ -287,9 +273,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.family = get_family(cfg.family)(cfg, read_manifest(cfg.data), Path(cfg.data))
         self.family.setup()
-        self.train_examples = self.family.pack(
-            [self.family.encode(r) for r in read_jsonl(cfg.data / "train.jsonl")]
-        )
+        self.train_examples = self.family.pack([self.family.encode(r) for r in read_split(cfg.data, "train")])
 
     def setup(self) -> None:
         """Everything before the first step: accelerator, family, optimizer, scheduler, resumed state."""
@@ -315,7 +299,7 @@ class Trainer:
         self.counted = getattr(self.family, "tokens_counted", "target")
         model = apply_mode(cfg, self.family, self.family.model)
         self.counts = parameter_counts(model)
-        self.valid_rows = read_jsonl(cfg.data / "valid.jsonl")
+        self.valid_rows = read_split(cfg.data, "valid")
         self.valid_examples = [self.family.encode(r) for r in self.valid_rows]
         if len(self.train_examples) < cfg.batch_size * acc.num_processes:
             raise ConfigError(
