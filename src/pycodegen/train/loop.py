@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 
 from pycodegen.config import TrainConfig, parse_budget
+from pycodegen.console import console as default_console
 from pycodegen.console import progress
 from pycodegen.data.dataset_dir import read_manifest, read_split
 from pycodegen.errors import ConfigError, PycodegenError
@@ -176,7 +177,7 @@ class Trainer:
         self, cfg: TrainConfig, console: Console | None = None, callbacks: Sequence[TrainCallback] = ()
     ) -> None:
         self.cfg = cfg = apply_family_defaults(cfg)  # e.g. retrieval's batch 64 where the user set none
-        self.console = console or Console(stderr=True)
+        self.console = console or default_console
         self.out = Path(cfg.out)
         self.callbacks = list(callbacks)
         self.interrupted = False
