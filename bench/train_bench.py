@@ -61,7 +61,7 @@ def plain_trainer(trainer: Any, cfg: TrainConfig, warmup: int, steps: int) -> fl
     family = trainer.family
     from pycodegen.train.loop import apply_mode
 
-    model = apply_mode(cfg, family, family.model, torch.device("cpu"))
+    model = apply_mode(cfg, family, family.model)
     examples = trainer.train_examples
     times: list[float] = []
     tokens: list[int] = []

@@ -353,7 +353,7 @@ def test_freeze_pattern_freezes_what_it_says(functions: Path, tmp_path: Path) ->
     family = HFCausalFamily(cfg, {"task": "docstring-to-body"}, functions)
     family.setup()
     assert family.model is not None
-    model = apply_mode(cfg, family, family.model, torch.device("cpu"))
+    model = apply_mode(cfg, family, family.model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".attn." in n for n in trainable)
     assert "transformer.wte.weight" not in trainable and "transformer.h.0.mlp.c_fc.weight" not in trainable

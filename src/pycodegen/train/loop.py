@@ -66,10 +66,8 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: in
     )
 
 
-def apply_mode(
-    cfg: TrainConfig, family: Family, model: torch.nn.Module, device: torch.device | None = None
-) -> torch.nn.Module:
-    """LoRA / QLoRA via PEFT, and freezing by parameter-name pattern (`device` is unused)."""
+def apply_mode(cfg: TrainConfig, family: Family, model: torch.nn.Module) -> torch.nn.Module:
+    """LoRA / QLoRA via PEFT, and freezing by parameter-name pattern."""
     if cfg.mode == "qlora":
         # The family loaded the weights in 4 bits (its `quantization_config`); LoRA makes them trainable.
         from peft import prepare_model_for_kbit_training
