@@ -12,33 +12,45 @@ from typing import Any
 from pycodegen.errors import DataError
 
 
-def iter_jsonl(path: Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for every non-blank line of `path` (gzipped when it ends in .gz).
-
-    A line that is not JSON raises `DataError("FILE:LINE: invalid JSON: ...")`, or with `skip_bad` is
-    skipped. Errors that Python's parser raises besides JSONDecodeError (a 5,000-digit number, nesting
-    deeper than the recursion limit) are reported the same way.
-    """
-    try:
-        raw = Path(path).read_bytes()
-        text = (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode("utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+def parse_lines(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of JSONL `text` read from `path`; a line that does not
+    decode gives a `DataError` ("FILE:LINE: invalid JSON: ...") as its value, so that a caller can stop,
+    or skip and count it. Errors Python's parser raises besides JSONDecodeError (a 5,000-digit number,
+    nesting deeper than the recursion limit) are reported the same way."""
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            yield line_no, json.loads(line)
         except json.JSONDecodeError as exc:
-            if skip_bad:
-                continue
-            raise DataError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            yield line_no, DataError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})")
         except (ValueError, RecursionError) as exc:
+            message = f"{path}:{line_no}: invalid JSON: {type(exc).__name__}: {exc}"[:300]
+            yield line_no, DataError(message)
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of `path`, gunzipped when it ends in .gz; errors name the file."""
+    try:
+        raw = Path(path).read_bytes()
+        return (gzip.decompress(raw) if str(path).endswith(".gz") else raw).decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def iter_jsonl(path: Path, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of `path` (gzipped when it ends in .gz).
+
+    A line that is not JSON raises `DataError("FILE:LINE: invalid JSON: ...")`, or with `skip_bad` is
+    skipped.
+    """
+    for line_no, value in parse_lines(path, read_text(path)):
+        if isinstance(value, DataError):
             if skip_bad:
                 continue
-            raise DataError(f"{path}:{line_no}: invalid JSON: {type(exc).__name__}: {exc}"[:300]) from None
+            raise value
         yield line_no, value
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pycodegen.data.records import PairRecord
 from pycodegen.errors import DataError, unknown_name
+from pycodegen.jsonl import parse_lines
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,7 @@ def iter_rows(path: Path, text: str) -> Iterator[tuple[int, Any | DataError]]:
                 return  # the rest of an array cannot be re-synchronised reliably
             yield line, row
     else:
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield line, json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line, DataError(f"{path}:{line}: invalid JSON: {exc.msg} (column {exc.colno})")
+        yield from parse_lines(path, text)
 
 
 @dataclass
