@@ -14,7 +14,8 @@ import pytest
 from rich.console import Console
 
 from pycodegen.config import PrepareConfig
-from pycodegen.data.prepare import prepare, read_manifest
+from pycodegen.data.dataset_dir import read_manifest
+from pycodegen.data.prepare import prepare
 from pycodegen.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
