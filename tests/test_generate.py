@@ -258,3 +258,26 @@ def test_logs_get_code_and_paths_unwrapped_and_unpadded(tiny_model: Path, tmp_pa
     assert rows and rows[0]["completion"].strip() in text and "def f(x):\n    return x\n" in text
     assert not [line for line in text.splitlines() if line != line.rstrip()]
     assert any(str(deep) in line for line in text.splitlines())
+
+
+def test_third_party_output_is_quiet_unless_verbose(tiny_model: Path, tmp_path: Path) -> None:
+    """transformers' weight-loading bars and warnings stay out of pycodegen's output; --verbose shows them
+    (issue 10, C13)."""
+
+    def run(*extra: str) -> str:
+        args = ["generate", "-p", "def f():", "--max-new-tokens", "2", "--model", str(tiny_model)]
+        result = subprocess.run(
+            [sys.executable, "-m", "pycodegen", *extra, *args, "--prompt-mode", "raw"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stderr
+
+    noise = ("Loading weights", "it/s]", "Warning")
+    verbose = run("--verbose")
+    assert any(n in verbose for n in noise), "the check is void: no third-party output even with --verbose"
+    quiet = run()
+    assert not [n for n in noise if n in quiet], quiet
