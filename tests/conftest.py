@@ -75,3 +75,38 @@ def messy_tree(tmp_path: Path, humaneval_rows: list[dict]) -> Path:
     (root / "site-packages").mkdir()
     (root / "site-packages" / "ignored.py").write_text("def ignored():\n    '''x'''\n    return 1\n")
     return root
+
+
+MODULE = '''
+def scale(values, factor):
+    """Multiply every value by factor."""
+    return [v * factor for v in values]
+
+
+def total(values):
+    """Add the values up."""
+    result = 0
+    for v in values:
+        result += v
+    return result
+'''
+
+
+def functions_dataset(tmp_path_factory: pytest.TempPathFactory, files: int) -> Path:
+    """A docstring→body dataset of `files` small modules (MODULE with renamed functions), with a BPE
+    trained on it: what the model-family and trainer tests train on."""
+    from rich.console import Console
+
+    from pycodegen.config import PrepareConfig
+    from pycodegen.data.prepare import prepare
+
+    src = tmp_path_factory.mktemp("src")
+    for i in range(files):
+        (src / f"m{i}.py").write_text(MODULE.replace("scale", f"scale{i}").replace("total", f"total{i}"))
+    out = tmp_path_factory.mktemp("data") / "functions"
+    settings = {"train_tokenizer": True, "vocab_size": 300, "workers": 1, "dedup": False}
+    prepare(
+        PrepareConfig(source=str(src), out=out, valid_fraction=0.1, test_fraction=0, **settings),
+        Console(quiet=True),
+    )
+    return out

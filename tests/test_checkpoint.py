@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import functions_dataset
 from rich.console import Console
 
 from pycodegen import __version__
@@ -21,19 +22,6 @@ from pycodegen.errors import ConfigError, ModelNotFoundError
 from pycodegen.train.loop import train
 
 QUIET = Console(quiet=True)
-MODULE = '''
-def scale(values, factor):
-    """Multiply every value by factor."""
-    return [v * factor for v in values]
-
-
-def total(values):
-    """Add the values up."""
-    result = 0
-    for v in values:
-        result += v
-    return result
-'''
 TINY = {
     "char-rnn": {"n_embd": 16, "n_layer": 1},
     "seq2seq": {"d_model": 32, "n_head": 4, "n_layer_enc": 1, "n_layer_dec": 1, "d_ff": 64, "dropout": 0.0},
@@ -47,24 +35,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """docstring→body pairs with a BPE trained on them."""
-    src = tmp_path_factory.mktemp("src")
-    for i in range(16):
-        (src / f"m{i}.py").write_text(MODULE.replace("scale", f"scale{i}").replace("total", f"total{i}"))
-    out = tmp_path_factory.mktemp("data") / "functions"
-    prepare(
-        PrepareConfig(
-            source=str(src),
-            out=out,
-            train_tokenizer=True,
-            vocab_size=300,
-            workers=1,
-            dedup=False,
-            valid_fraction=0.1,
-            test_fraction=0,
-        ),
-        QUIET,
-    )
-    return out
+    return functions_dataset(tmp_path_factory, files=16)
 
 
 @pytest.fixture(scope="module")

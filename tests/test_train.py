@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import functions_dataset
 from rich.console import Console
 
 from pycodegen.config import PrepareConfig, TrainConfig
@@ -20,19 +21,6 @@ from pycodegen.errors import ConfigError
 from pycodegen.train.loop import TrainingDiverged, train
 
 QUIET = Console(quiet=True)
-MODULE = '''
-def scale(values, factor):
-    """Multiply every value by factor."""
-    return [v * factor for v in values]
-
-
-def total(values):
-    """Add the values up."""
-    result = 0
-    for v in values:
-        result += v
-    return result
-'''
 
 
 def losses(run: Path) -> list[float]:
@@ -66,24 +54,7 @@ def chars(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def functions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """docstring→body pairs with a BPE trained on them (for new GPT-2/Llama-shaped models)."""
-    src = tmp_path_factory.mktemp("src")
-    for i in range(24):
-        (src / f"m{i}.py").write_text(MODULE.replace("scale", f"scale{i}").replace("total", f"total{i}"))
-    out = tmp_path_factory.mktemp("data") / "functions"
-    prepare(
-        PrepareConfig(
-            source=str(src),
-            out=out,
-            train_tokenizer=True,
-            vocab_size=300,
-            workers=1,
-            dedup=False,
-            valid_fraction=0.1,
-            test_fraction=0,
-        ),
-        QUIET,
-    )
-    return out
+    return functions_dataset(tmp_path_factory, files=24)
 
 
 def char_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
