@@ -223,6 +223,11 @@ def test_zoo_loads_hf_causal_checkpoints_and_refuses_other_families(
     )
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert cli.stderr.strip().splitlines()[-1] == f"error: {refused.value}"  # one line, whole
+    # search reads the card too: another family's checkpoint is one clear error, not a traceback
+    from pycodegen.models.retrieval import search
+
+    with pytest.raises(ConfigError, match="is a char-rnn checkpoint; search needs a retrieval one"):
+        search(rnn, functions, "add the values up")
 
 
 def test_recorded_prompt_mode(functions: Path, tmp_path: Path, shared_data: Path) -> None:

@@ -182,6 +182,13 @@ def test_run_prepare_then_train(tmp_path: Path, messy_tree: Path) -> None:
     assert summary["steps"] == 3 and summary["family"] == "char-rnn"
     second = pycodegen("run", str(recipe))
     assert second.returncode == 0 and "train is up to date" in second.stderr
+    # a changed setting trains again from scratch, not from the other settings' checkpoints
+    recipe.write_text(recipe.read_text() + "  lr: 0.001\n")
+    third = pycodegen("run", str(recipe))
+    assert third.returncode == 0, third.stderr
+    assert "starting over" in third.stderr and "resuming" not in third.stderr
+    summary = json.loads((tmp_path / "run" / "train" / "summary.json").read_text())
+    assert summary["steps"] == 3
 
 
 def test_run_evaluates_the_model_it_trained(tmp_path: Path, shared_data: Path) -> None:

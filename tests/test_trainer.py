@@ -163,6 +163,17 @@ def test_a_budget_without_max_steps_rules_the_schedule(chars: Path, tmp_path: Pa
     assert "max_steps" not in saved and saved["budget"] == "4s" and saved["out"] == str(run.resolve())
 
 
+def test_a_budget_with_the_exponential_schedule_decays_per_epoch(chars: Path, tmp_path: Path) -> None:
+    """char-rnn's own schedule (exponential, ×0.97 per epoch) under a budget: the LR follows the epochs,
+    not the budget's ticks (which would have multiplied it by 0.97 a thousand times)."""
+    run = tmp_path / "run"
+    cfg = char_cfg(chars, run, budget="2s", batch_size=2, schedule="exponential", model_args={"n_embd": 8})
+    summary = train(cfg, QUIET)
+    last = [r for r in rows(run) if "lr" in r][-1]
+    assert summary["stop_reason"] == "budget"
+    assert last["lr"] == pytest.approx(cfg.lr * cfg.decay_per_epoch ** last["epoch"], rel=1e-6)
+
+
 def test_an_explicit_max_steps_caps_a_budget(chars: Path, tmp_path: Path) -> None:
     summary = train(char_cfg(chars, tmp_path / "run", budget="1h", max_steps=5), QUIET)
     assert summary["stop_reason"] == "max_steps" and summary["steps"] == 5

@@ -138,7 +138,7 @@ def _parameter(name: str, field: FieldInfo, panel: str) -> inspect.Parameter:
 
 def _groups(cls: type[BaseModel]) -> list[tuple[str, list[str]]]:
     """(group title, field names) in declaration order: the config's own fields, then each group class
-    it is composed of (a group's title is its docstring's first line)."""
+    it is composed of. Plain click help shows no titles; the order keeps a group's flags together."""
     groups: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
     for base in cls.__mro__:

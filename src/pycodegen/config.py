@@ -41,8 +41,8 @@ def parse_budget(text: str | None) -> float | None:
 
 
 class StrictModel(BaseModel):
-    """A config: unknown keys are errors, assignments are validated. A class docstring's first line is
-    the title of its group of flags in `--help`."""
+    """A config: unknown keys are errors, assignments are validated. A config composed of groups (e.g.
+    TrainConfig) lists its flags in `--help` group by group, in the order the groups are composed."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

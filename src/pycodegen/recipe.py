@@ -42,6 +42,7 @@ class RecipeRun:
         self.markers = self.out / "stages"
         self.ran: list[str] = []
         self.upstream = ""  # the digest of the stages so far: a changed earlier stage reruns the later ones
+        self.digest = ""  # the digest of the stage running now
 
     def stage(self, name: str, cfg: BaseModel, action: Callable[[Any], object]) -> None:
         """Run one stage unless its marker matches its settings and every earlier stage's."""
@@ -53,6 +54,7 @@ class RecipeRun:
             self.console.print(f"[bold cyan]run[/] {name} is up to date ({getattr(cfg, 'out', '')})")
         else:
             self.console.rule(f"[bold]{self.recipe.name}: {name}")
+            self.digest = digest
             action(cfg)
             marker.write_text(
                 json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
@@ -70,11 +72,17 @@ class RecipeRun:
         from pycodegen.evaluate.dev import dev_callbacks
         from pycodegen.train.loop import Trainer, train
 
-        if self.force:
-            shutil.rmtree(cfg.out, ignore_errors=True)
-        # A run that was interrupted left checkpoints: continue it rather than start over.
+        # A run of these very settings that was interrupted left checkpoints: continue it. Checkpoints of
+        # other settings (the stage runs again because a setting changed) are not resumed but replaced.
+        running = self.markers / "train.running"
+        same = running.is_file() and running.read_text() == self.digest
+        if Path(cfg.out).exists() and (self.force or not same):
+            self.console.print(f"[bold cyan]run[/] train: settings changed, starting over in {cfg.out}")
+            shutil.rmtree(cfg.out)
+        running.write_text(self.digest)
         resume = cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())})
         train(resume, self.console, callbacks=dev_callbacks(cfg))
+        running.unlink()
 
     def generate(self, cfg: Any) -> None:
         from pycodegen.generate.freeform import run_generate

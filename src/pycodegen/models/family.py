@@ -33,6 +33,8 @@ class Family:
     views: ClassVar[tuple[str, ...]] = ()  # task views this family trains on
     lora_targets: ClassVar[list[str]] = []  # default LoRA target modules
     generates: ClassVar[bool] = False  # whether prompts → text (for generation metrics during training)
+    # Which tokens `count_tokens` counts (tokens/s in metrics.jsonl and the bar says so).
+    tokens_counted: ClassVar[str] = "target"
     tokenizer_file: ClassVar[str] = "."  # where, inside a checkpoint, the tokenizer or vocabulary is
 
     def __init__(self, cfg: TrainConfig, manifest: dict[str, Any], data_dir: Path) -> None:

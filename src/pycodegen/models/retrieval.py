@@ -152,6 +152,8 @@ class RetrievalFamily(Family):
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         return {"query": pad_field(examples, "query", 0), "code": pad_field(examples, "code", 0)}
 
+    tokens_counted = "query+code"  # no target tokens: both encoders read every token
+
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["query"] != 0).sum() + (batch["code"] != 0).sum())
 
@@ -207,9 +209,17 @@ class RetrievalFamily(Family):
 
 def search(model_dir: Path, corpus: Path, query: str, top: int = 5) -> list[dict[str, Any]]:
     """The `top` functions of a docstring-to-body dataset (all splits) that best match `query`."""
-    from pycodegen.config import TrainConfig
+    from pycodegen.config import TrainConfig, parse_config
+    from pycodegen.zoo import checkpoint_card
 
-    cfg = TrainConfig(family="retrieval", data=corpus, model=str(model_dir))
+    card = checkpoint_card(Path(model_dir))
+    if card is None:
+        raise ConfigError(f"{model_dir} is not a pycodegen checkpoint (no pycodegen.json): give RUN/best")
+    if card["family"] != "retrieval":
+        raise ConfigError(f"{model_dir} is a {card['family']} checkpoint; search needs a retrieval one")
+    # the settings it was trained with (max_length, encoder sizes), read from its card
+    trained = {**(card.get("train_config") or {}), "data": str(corpus), "model": str(model_dir)}
+    cfg = parse_config(TrainConfig, {**trained, "family": "retrieval"}, where=str(model_dir))
     family = RetrievalFamily(cfg, {"task": "docstring-to-body"}, corpus)
     family.setup()
     assert family.model is not None

@@ -295,7 +295,7 @@ class Trainer:
         self.load_family()
         assert self.family.model is not None
         # What tokens/s counts: the family's count_tokens, by default the target (label) tokens
-        self.counted = getattr(self.family, "tokens_counted", "target")
+        self.counted = self.family.tokens_counted
         model = apply_mode(cfg, self.family, self.family.model)
         self.counts = parameter_counts(model)
         self.valid_rows = read_split(cfg.data, "valid")
@@ -330,6 +330,8 @@ class Trainer:
             # ruled by time), with absolute paths, so that `--config` this file `--resume` continues the run.
             given = cfg.model_dump(mode="json", exclude_unset=True, exclude={"resume"})
             given.update(data=str(Path(cfg.data).resolve()), out=str(self.out.resolve()))
+            if cfg.model and Path(cfg.model).expanduser().exists():  # a local model or checkpoint
+                given["model"] = str(Path(cfg.model).expanduser().resolve())
             write_json(self.out / "train_config.json", given)
             self.prepare_metrics_log()
 
@@ -468,7 +470,11 @@ class Trainer:
                 window["input"] += fed * n
                 window["seconds"] += time.perf_counter() - step_start
                 pos.elapsed = before + time.perf_counter() - started
-                if self.time_ruled:
+                if self.time_ruled and self.accelerator.num_processes > 1:
+                    # every rank must take the same tick (the same LR at each step): one agreed clock
+                    clock = torch.tensor(pos.elapsed, device=self.accelerator.device)
+                    pos.elapsed = float(self.accelerator.reduce(clock, "max"))
+                if self.time_ruled and cfg.schedule != "exponential":  # exponential decays per epoch
                     self.follow_time(pos.elapsed)
                 rate = window["target"] / max(window["seconds"], 1e-9)
                 status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} {self.counted} tok/s"
