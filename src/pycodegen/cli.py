@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 import types
 import typing
 import warnings
@@ -448,7 +447,3 @@ _register()
 
 def main() -> None:
     app(prog_name="pycodegen")
-
-
-if __name__ == "__main__" and sys.argv:
-    main()
