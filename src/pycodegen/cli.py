@@ -226,8 +226,6 @@ def train_main(cfg: Any) -> None:
 def generate_main(cfg: Any) -> None:
     from pycodegen.generate.freeform import run_generate
 
-    if not cfg.prompt and cfg.benchmark is None and cfg.problems is None:
-        raise ConfigError("give at least one --prompt (or --benchmark/--problems with --out)")
     run_generate(cfg, console, echo=True)
 
 

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from pycodegen.config import RecipeConfig
 from pycodegen.errors import ConfigError
+from pycodegen.jsonl import write_json
 
 NOT_BUILT = {"serve": "serving"}
 
@@ -56,9 +57,7 @@ class RecipeRun:
             self.console.rule(f"[bold]{self.recipe.name}: {name}")
             self.digest = digest
             action(cfg)
-            marker.write_text(
-                json.dumps({"sha256": digest, "settings": settings}, indent=2, default=str) + "\n"
-            )
+            write_json(marker, {"sha256": digest, "settings": settings})
             self.ran.append(name)
         self.upstream = digest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pycodegen.errors import DataError
-from pycodegen.jsonl import read_jsonl
+from pycodegen.jsonl import read_jsonl, write_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "valid", "test")
@@ -30,13 +30,8 @@ def split_path(dataset_dir: Path, split: str) -> Path:
 
 
 def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest.json` (indented, keys in the order given, UTF-8 kept) into a dataset directory.
-
-    Not atomic on its own: `prepare` writes the whole directory under a temporary name and renames it.
-    """
-    (Path(dataset_dir) / MANIFEST).write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    """Write `manifest.json` (indented, keys in the order given, UTF-8 kept) into a dataset directory."""
+    write_json(Path(dataset_dir) / MANIFEST, manifest)
 
 
 def read_manifest(dataset_dir: Path) -> dict[str, Any]:

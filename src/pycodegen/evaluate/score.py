@@ -23,11 +23,11 @@ from pycodegen import metrics
 from pycodegen.benchmarks import Problem, load_problems
 from pycodegen.config import EvaluateConfig
 from pycodegen.console import plural, progress
-from pycodegen.errors import PycodegenError
+from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate.programs import example_job_for, generated_code, job_for
 from pycodegen.evaluate.report import render_report
 from pycodegen.generate.samples import generate_samples, meta_path, read_samples
-from pycodegen.jsonl import AppendLog, iter_jsonl, write_json, write_jsonl
+from pycodegen.jsonl import AppendLog, parse_lines, read_text, write_json, write_jsonl
 from pycodegen.sandbox.executor import OUTCOMES, Executor, Job, Limits, Verdict
 from pycodegen.zoo import package_data
 
@@ -57,10 +57,10 @@ class VerdictLog:
         self.verdicts: dict[Key, dict[str, Any]] = {}
         self.stale = self.dropped = 0
         if path.is_file():
-            lines = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-            parsed = 0
-            for _, row in iter_jsonl(path, skip_bad=True):
-                parsed += 1
+            for _, row in parse_lines(path, read_text(path)):
+                if isinstance(row, DataError):  # a torn line: the process was killed mid-write
+                    self.dropped += 1
+                    continue
                 try:
                     key = (row["task_id"], int(row["sample_index"]))
                 except (KeyError, TypeError, ValueError):
@@ -70,7 +70,6 @@ class VerdictLog:
                     self.stale += 1
                     continue
                 self.verdicts.setdefault(key, row)
-            self.dropped += lines - parsed
             write_jsonl(path, self.verdicts.values())
         self.recovered = len(self.verdicts)
         self.log = AppendLog(path)
@@ -103,7 +102,7 @@ def execute(jobs: list[Job], log: VerdictLog, executor: Executor, console: Conso
             + f", {len(todo)} to run"
         )
     outcomes: Counter[str] = Counter()
-    with progress(label) as bar:
+    with progress(label, console) as bar:
         task = bar.add_task(label, total=len(jobs), completed=len(jobs) - len(todo), status="")
         for verdict in executor.map(todo):
             log.add(verdict)

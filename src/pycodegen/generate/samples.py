@@ -105,7 +105,7 @@ def generate_samples(
         return p.prompt if mode == "raw" else format_prompt(tokenizer, p.instruction, mode)
 
     try:
-        with out.open("a", encoding="utf-8") as fh, progress("generating") as bar:
+        with out.open("a", encoding="utf-8") as fh, progress("generating", console) as bar:
             task = bar.add_task("gen", total=len(problems), completed=finished, status="")
             for start in range(0, len(todo), per_call):
                 chunk = todo[start : start + per_call]

@@ -243,10 +243,6 @@ def pad_field(examples: list[dict[str, list[int]]], key: str, value: int) -> tor
     return torch.tensor([e[key] + [value] * (width - len(e[key])) for e in examples])
 
 
-def save_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def save_module(model: torch.nn.Module, directory: Path) -> None:
     """A pycodegen-native model as an HF-style directory: model.safetensors + config.json (its `config`)."""
     from safetensors.torch import save_file
@@ -255,7 +251,7 @@ def save_module(model: torch.nn.Module, directory: Path) -> None:
     # clone(): shared weights (a tied embedding) become separate tensors, which safetensors can save
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"))
-    save_json(directory / "config.json", model.config)  # type: ignore[arg-type]
+    write_json(directory / "config.json", model.config)  # type: ignore[arg-type]
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:

@@ -13,7 +13,6 @@ The trainer imports nothing from generate/ or evaluate/: dev evaluation arrives 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -179,6 +178,7 @@ class Trainer:
         self.out = Path(cfg.out)
         self.callbacks = list(callbacks)
         self.interrupted = False
+        self.last_eval: tuple[int | None, dict[str, float]] = (None, {})  # (step, validation row)
 
     def call(self, hook: str, *args: Any) -> list[Any]:
         """Call `hook(self, *args)` on every callback (each declares every hook: TrainCallback)."""
@@ -294,8 +294,6 @@ class Trainer:
             )
         self.load_family()
         assert self.family.model is not None
-        # What tokens/s counts: the family's count_tokens, by default the target (label) tokens
-        self.counted = self.family.tokens_counted
         model = apply_mode(cfg, self.family, self.family.model)
         self.counts = parameter_counts(model)
         self.valid_rows = read_split(cfg.data, "valid")
@@ -477,7 +475,7 @@ class Trainer:
                 if self.time_ruled and cfg.schedule != "exponential":  # exponential decays per epoch
                     self.follow_time(pos.elapsed)
                 rate = window["target"] / max(window["seconds"], 1e-9)
-                status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} {self.counted} tok/s"
+                status = f"step {pos.step} · loss {loss:.4f} · {rate:,.0f} {self.family.tokens_counted} tok/s"
                 bar.update(task, completed=pos.elapsed if self.time_ruled else pos.step, status=status)
                 if pos.step % cfg.log_every == 0 or pos.step == cfg.max_steps:
                     self.log_training(loss, lr, window, pos.elapsed)
@@ -502,7 +500,7 @@ class Trainer:
                 # tokens = target (label) tokens, the ones the loss is taken on; input = every token fed
                 "tokens": int(window["target"]),
                 "tokens_per_s": round(window["target"] / seconds, 2),
-                "tokens_counted": self.counted,
+                "tokens_counted": self.family.tokens_counted,
                 "input_tokens": int(window["input"]),
                 "input_tokens_per_s": round(window["input"] / seconds, 2),
                 "elapsed_s": round(elapsed, 2),
@@ -546,7 +544,7 @@ class Trainer:
         """(metric, higher is better) for the best checkpoint, from the first validation row."""
         name = self.cfg.best_metric
         if name == "auto":
-            name = next(m for m in ("dev_pass@1", "valid_mrr", "mrr", "valid_loss") if m in evaluation)
+            name = next(m for m in ("dev_pass@1", "valid_mrr", "valid_loss") if m in evaluation)
         elif name not in evaluation:
             raise ConfigError(
                 f"best_metric {name!r} is not among the validation metrics: {', '.join(sorted(evaluation))}"
@@ -588,7 +586,7 @@ class Trainer:
         """The last validation (unless this step had one), the last step checkpoint, OUT/best (always:
         the final model when nothing was validated) and OUT/final, then summary.json."""
         cfg, pos, acc = self.cfg, self.pos, self.accelerator
-        evaluated_at, final_eval = getattr(self, "last_eval", (None, {}))
+        evaluated_at, final_eval = self.last_eval
         if evaluated_at != pos.step:
             final_eval = self.validate_and_keep_best()
         if pos.best["step"] is None:  # no validation rows: the best we can say is the last step
@@ -609,7 +607,7 @@ class Trainer:
             "notes": self.family.notes(final_eval),
         }
         if acc.is_main_process:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            write_json(self.out / "summary.json", summary)
             self.console.print(
                 f"[bold cyan]train[/] stopped ({stop_reason}) at step {pos.step}"
                 + (f", valid loss {final_eval['valid_loss']:.4f}" if "valid_loss" in final_eval else "")
