@@ -83,13 +83,15 @@ def test_resume_without_a_checkpoint_leaves_no_directory(chars: Path, tmp_path: 
     assert not (tmp_path / "nothing").exists()
 
 
+def three_evaluations(chars: Path, run: Path, pass_at_1: list[float]) -> dict[str, Any]:
+    """A 6-step run validated (and checkpointed) at steps 2, 4 and 6, its dev pass@1 scripted."""
+    cfg = char_cfg(chars, run, max_steps=6, eval_every=2, save_every=2, keep_checkpoints=5)
+    return train(cfg, QUIET, callbacks=[Scripted(pass_at_1)])
+
+
 def test_best_is_the_higher_pass_at_1_not_the_lower_loss(chars: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    summary = train(
-        char_cfg(chars, run, max_steps=6, eval_every=2, save_every=2, keep_checkpoints=5),
-        QUIET,
-        callbacks=[Scripted([0.25, 0.5, 0.25])],
-    )
+    summary = three_evaluations(chars, run, [0.25, 0.5, 0.25])
     evals = [r for r in rows(run) if "valid_loss" in r]
     assert [r["dev_pass@1"] for r in evals] == [0.25, 0.5, 0.25]
     assert evals[2]["valid_loss"] < evals[1]["valid_loss"]  # the loss alone would pick step 6
@@ -107,11 +109,7 @@ def test_best_is_the_higher_pass_at_1_not_the_lower_loss(chars: Path, tmp_path: 
 
 def test_pass_at_1_that_never_moved_falls_back_to_valid_loss(chars: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    summary = train(
-        char_cfg(chars, run, max_steps=6, eval_every=2, save_every=2, keep_checkpoints=5),
-        QUIET,
-        callbacks=[Scripted([0.0, 0.0, 0.0])],
-    )
+    summary = three_evaluations(chars, run, [0.0, 0.0, 0.0])
     evals = [r for r in rows(run) if "valid_loss" in r]
     lowest = min(evals, key=lambda r: r["valid_loss"])["step"]
     assert lowest != 2  # the first evaluation is not the best: it must not win the tie
