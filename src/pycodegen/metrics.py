@@ -247,3 +247,117 @@ def mean_reciprocal_rank(similarity: np.ndarray, distractors: int = 999) -> floa
         ranks = (block > correct).sum(axis=1) + 1
         reciprocal.extend(1.0 / ranks)
     return float(np.mean(reciprocal)) if reciprocal else 0.0
+
+
+# -- paired comparison of two runs on the same problems ---------------------------------------------------
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: the probability, were wins and losses equally likely (ties dropped), of
+    a split at least as uneven as this one (binomial, p = 1/2).
+
+    >>> sign_test(0, 0), sign_test(3, 3), round(sign_test(9, 1), 4), round(sign_test(1, 9), 4)
+    (1.0, 1.0, 0.0215, 0.0215)
+    """
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_interval(
+    differences: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-problem differences (problems resampled with
+    replacement; a fixed seed, so a report is reproducible).
+
+    >>> bootstrap_interval([0.0] * 10)
+    (0.0, 0.0)
+    >>> low, high = bootstrap_interval([1.0] * 8 + [0.0] * 2)
+    >>> 0.5 <= low < 0.8 < high <= 1.0
+    True
+    """
+    values = np.asarray(differences, dtype=float)
+    if values.size == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return (round(float(low), 4), round(float(high), 4))
+
+
+def paired_comparison(
+    first: dict[str, float], second: dict[str, float], alpha: float = 0.05
+) -> dict[str, Any]:
+    """Per-problem comparison of two runs' scores (per-problem pass rates) on the problems both scored:
+    `wins` where `second` beats `first`, `losses`, `ties`, the exact sign-test p-value, the mean difference
+    (second - first) with a 95 % bootstrap interval, and whether the difference is beyond noise.
+
+    >>> r = paired_comparison({"a": 0, "b": 1, "c": 0}, {"a": 1, "b": 1, "c": 0})
+    >>> r["wins"], r["losses"], r["ties"], r["p_value"], r["significant"]
+    (1, 0, 2, 1.0, False)
+    """
+    shared = sorted(set(first) & set(second))
+    diffs = [second[t] - first[t] for t in shared]
+    wins = sum(d > 0 for d in diffs)
+    losses = sum(d < 0 for d in diffs)
+    p = sign_test(wins, losses)
+    return {
+        "problems": len(shared),
+        "wins": wins,
+        "losses": losses,
+        "ties": len(shared) - wins - losses,
+        "p_value": round(p, 4),
+        "mean_difference": round(float(np.mean(diffs)), 4) if diffs else 0.0,
+        "interval95": bootstrap_interval(diffs),
+        "significant": p < alpha,
+    }
+
+
+# -- what a model copied from its training data -----------------------------------------------------------
+def _ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def ngram_novelty(predictions: Sequence[str], training: Sequence[str], n: int = 4) -> dict[str, float]:
+    """How much of the generated text is new: the share of the predictions' word n-grams (whitespace
+    tokens) that never occur in the training texts, and the share of predictions found verbatim in
+    training (the novelty check of Perez et al. 2021).
+
+    >>> ngram_novelty(["return a + b", "x = y * 2 + 1"], ["def f(a, b):\\n    return a + b"], n=2)
+    {'novel_ngram_share': 0.6667, 'verbatim_share': 0.5}
+    """
+    seen: set[tuple[str, ...]] = set()
+    for text in training:
+        seen |= _ngrams(text.split(), n)
+    grams = [g for p in predictions for g in _ngrams(p.split(), n)]
+    novel = sum(g not in seen for g in grams)
+    joined = "\0".join(training)
+    verbatim = sum(bool(p.strip()) and p.strip() in joined for p in predictions)
+    return {
+        "novel_ngram_share": round(novel / len(grams), 4) if grams else 1.0,
+        "verbatim_share": round(verbatim / len(predictions), 4) if predictions else 0.0,
+    }
+
+
+def longest_common_substring(text: str, corpus: Sequence[str]) -> dict[str, Any]:
+    """The longest piece of `text` found verbatim in any one of the `corpus` texts (memorisation): its
+    length in characters, the text, and the index of a corpus text holding it.
+
+    For each start in `text`, only a match longer than the best so far is tried, and a match is extended
+    a character at a time (`in` on the joined corpus, a fast substring search), so the cost is about
+    len(text) + best searches rather than one per substring.
+
+    >>> r = longest_common_substring("def factorial(n): return n", ["x = 1", "def fact(n): return n * 2"])
+    >>> r["length"], r["match"], r["source"]
+    (13, '(n): return n', 1)
+    """
+    joined = "\0".join(corpus)  # NUL never occurs in source text: no match spans two corpus texts
+    best = ""
+    for start in range(len(text)):
+        length = len(best) + 1
+        while start + length <= len(text) and text[start : start + length] in joined:
+            best = text[start : start + length]
+            length += 1
+    source = joined[: joined.find(best)].count("\0") if best else None
+    return {"length": len(best), "match": best, "source": source}
