@@ -22,6 +22,7 @@ Format = Literal[
 Template = Literal["hust", "chat", "plain"]
 PromptMode = Literal["auto", "raw", "chat", "hust"]
 Benchmark = Literal["humaneval", "mbpp"]
+Scale = Literal["smoke", "tiny", "paper"]
 
 BUDGET_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
 
@@ -375,6 +376,35 @@ class RunConfig(StrictModel):
 
     recipe: Path = positional("YAML recipe.")
     force: bool = Field(False, description="Rerun stages that are already done.")
+    scale: Scale = Field(
+        "tiny",
+        description="smoke = seconds (tests), tiny = this 2-core CPU, paper = the published settings (GPUs).",
+    )
+    out: Path | None = Field(None, description="Run directory instead of the recipe's `out`.")
+    source: str | None = Field(None, description="Source of the recipe's prepare stage instead of its own.")
+    budget: str | None = Field(None, description="Training budget instead of the recipe's (e.g. 5m).")
+
+
+class RecipeVariant(StrictModel):
+    """One row of a recipe's table: a model taken as it is (`model`), or trained with the recipe's
+    stage settings plus this row's overrides; every row is evaluated the same way."""
+
+    model: str | None = Field(None, description="Evaluate this model as it is (no training): a baseline row.")
+    prepare: dict[str, Any] = Field(default_factory=dict, description="Overrides of the prepare settings.")
+    train: dict[str, Any] = Field(default_factory=dict, description="Overrides of the train settings.")
+    generate: dict[str, Any] = Field(default_factory=dict, description="Overrides of the generate settings.")
+    evaluate: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides applied to every evaluation of this row."
+    )
+    evaluations: list[str] | None = Field(
+        None, description="Names of the evaluations this row gets (default: all)."
+    )
+
+    @model_validator(mode="after")
+    def _model_or_train(self) -> RecipeVariant:
+        if self.model is not None and (self.train or self.prepare):
+            raise ValueError("a row with `model` is evaluated as it is: drop its prepare/train overrides")
+        return self
 
 
 class RecipeConfig(StrictModel):
@@ -382,11 +412,72 @@ class RecipeConfig(StrictModel):
 
     name: str = Field(..., description="Recipe name, used in reports.")
     out: Path = Field(Path("runs/recipe"), description="Run directory; stages write below it.")
+    description: str = Field("", description="What the recipe reproduces (paper, published numbers).")
     prepare: PrepareConfig | None = None
     generate: GenerateConfig | None = None
     train: TrainConfig | None = None
     evaluate: EvaluateConfig | None = None
+    evaluations: dict[str, EvaluateConfig] = Field(
+        default_factory=dict, description="More named evaluations, each run for every row."
+    )
+    variants: dict[str, RecipeVariant] = Field(
+        default_factory=dict, description="Rows of the table (base model, full FT, LoRA...); default one."
+    )
+    published: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="The paper's numbers, by row, shown beside ours in report.md."
+    )
+    scales: dict[Scale, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-scale overrides (a partial recipe merged in); the recipe itself is `tiny`.",
+    )
     serve: dict[str, Any] | None = Field(None, description="Reserved: serving (not built yet).")
+
+    @model_validator(mode="after")
+    def _rows_validate(self) -> RecipeConfig:
+        """Each row's overrides make valid stage settings (checked here, not first at run time)."""
+        try:
+            self._check_rows()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def _check_rows(self) -> None:
+        stages = {"prepare": PrepareConfig, "train": TrainConfig, "generate": GenerateConfig}
+        for name, variant in self.variants.items():
+            for stage, cls in stages.items():
+                override = getattr(variant, stage)
+                base = getattr(self, stage)
+                if override and base is None and stage != "train":
+                    raise ValueError(f"variants.{name}.{stage}: the recipe has no {stage} stage to override")
+                if override or (stage == "train" and base is not None and variant.model is None):
+                    merged = (base.model_dump(exclude_unset=True) if base is not None else {}) | override
+                    parse_config(cls, merged, where=f"variants.{name}.{stage}")
+            known = {"evaluate", *self.evaluations} if self.evaluate is not None else set(self.evaluations)
+            for evaluation in variant.evaluations or []:
+                if evaluation not in known:
+                    raise ValueError(f"variants.{name}.evaluations: no evaluation named {evaluation!r}")
+            for evaluation in self.evaluation_configs():
+                merged = evaluation.model_dump(exclude_unset=True) | variant.evaluate
+                parse_config(EvaluateConfig, merged, where=f"variants.{name}.evaluate")
+
+    def evaluation_configs(self) -> dict[str, EvaluateConfig]:
+        """Every evaluation by name: `evaluate` (named 'evaluate') first, then `evaluations`."""
+        return ({"evaluate": self.evaluate} if self.evaluate is not None else {}) | self.evaluations
+
+
+def merge_settings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into `base`: mappings merge key by key, any other value replaces.
+
+    >>> merge_settings({"train": {"lr": 1, "max_steps": 9}}, {"train": {"max_steps": 2}, "out": "x"})
+    {'train': {'lr': 1, 'max_steps': 2}, 'out': 'x'}
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -436,8 +527,9 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
         raise ConfigError(f"{where}: " + "; ".join(messages)) from None
 
 
-def load_recipe(path: Path) -> RecipeConfig:
-    """Read a YAML recipe; errors name the file."""
+def load_recipe(path: Path, scale: str | None = None) -> RecipeConfig:
+    """Read a YAML recipe at a scale (None: the recipe as written, i.e. tiny); every scale it defines is
+    validated too, so a broken `paper` scale is an error at any scale. Errors name the file and scale."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -446,4 +538,13 @@ def load_recipe(path: Path) -> RecipeConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of stage names to settings")
-    return parse_config(RecipeConfig, data, where=str(path))
+    recipe = parse_config(RecipeConfig, data, where=str(path))
+    chosen = recipe
+    for name, override in recipe.scales.items():
+        scaled = parse_config(RecipeConfig, merge_settings(data, override), where=f"{path} (scale {name})")
+        if name == scale:
+            chosen = scaled
+    if scale not in (None, "tiny") and scale not in recipe.scales:
+        defined = ", ".join(["tiny", *recipe.scales]) if recipe.scales else "tiny only"
+        raise ConfigError(f"{path}: no {scale!r} scale (it has {defined}); add `scales: {{{scale}: ...}}`")
+    return chosen
