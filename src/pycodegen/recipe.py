@@ -1,32 +1,88 @@
 """`pycodegen run`: execute a recipe's stages in order, resumably, handing each stage's output directory
-to the next (prepare.out → train.data; train.out/best → the model of generate and evaluate).
+to the next (prepare.out → train.data; train.out/best → the model of generate and evaluate), for every row
+of the recipe's table (`variants`: a base model as it is, full fine-tuning, LoRA...), then write report.md.
 
-Each finished stage leaves OUT/stages/NAME.json with the hash of its settings (and of every stage before
-it); a rerun skips a stage whose marker matches, so an interrupted recipe picks up at the stage that did
-not finish, and an interrupted train stage resumes from its last checkpoint.
+Each finished stage leaves OUT/stages/NAME.json with the hash of its settings and of its inputs' contents
+(the source file or tree, the prepared data's manifest and files, the trained checkpoint's card and
+weights): a rerun skips a stage whose marker matches and whose outputs exist, so an unchanged recipe does
+no work and an interrupted recipe picks up at the stage that did not finish. Stages resume through their
+own outputs: train from its last checkpoint, generate from the tasks it finished, evaluate from its
+verdict log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
 import shutil
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
 
-from pycodegen.config import RecipeConfig
+from pycodegen.config import (
+    EvaluateConfig,
+    GenerateConfig,
+    PrepareConfig,
+    RecipeConfig,
+    RecipeVariant,
+    TrainConfig,
+    parse_config,
+)
 from pycodegen.errors import ConfigError
 from pycodegen.jsonl import write_json
 
 NOT_BUILT = {"serve": "serving"}
+GENERATING_FAMILY = "hf-causal"  # the family generate/evaluate load today; the others wait for the engine
+WAITS_FOR_ENGINE = (
+    "waits for the generation engine (generate/engine.py): generate/evaluate cannot load {family} "
+    "checkpoints yet"
+)
 
 
-def _settings_hash(payload: dict) -> str:
+def _sha256(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(path: Path, exclude: Iterable[str] = ()) -> str:
+    """What an input holds: a file's content hash; for a directory (a source tree, prepared data, a
+    checkpoint), the content of its JSON files (manifest, card, configs) and every other file's relative
+    path, size and modification time (reading every weight file on each rerun would cost more than the
+    check saves). A missing path fingerprints as 'missing'.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "a.py").write_text("x = 1")
+    >>> before = fingerprint(d); _ = (d / "a.py").write_text("x = 22"); before == fingerprint(d)
+    False
+    """
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    if not path.is_dir():
+        return "missing"
+    skip = set(exclude)
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        for name in sorted(files):
+            file = Path(root) / name
+            rel = str(file.relative_to(path))
+            stat = file.stat()
+            if name.endswith(".json") and stat.st_size < 1 << 20:
+                entries.append((rel, hashlib.sha256(file.read_bytes()).hexdigest()))
+            else:
+                entries.append((rel, stat.st_size, stat.st_mtime_ns))
+    return _sha256(entries)
 
 
 def defaults(cfg: BaseModel, **values: Any) -> Any:
@@ -34,32 +90,105 @@ def defaults(cfg: BaseModel, **values: Any) -> Any:
     return cfg.model_copy(update={k: v for k, v in values.items() if k not in cfg.model_fields_set})
 
 
-class RecipeRun:
-    """One execution of a recipe: the stages in order, each skipped when its marker is up to date."""
+def _merged(cls: type[BaseModel], base: BaseModel | None, override: dict[str, Any], where: str) -> Any:
+    """A stage's settings for one row: the recipe's settings with the row's overrides (unset fields stay
+    unset, so that `defaults` can still fill them in)."""
+    data = (base.model_dump(exclude_unset=True) if base is not None else {}) | override
+    return parse_config(cls, data, where=where)
 
-    def __init__(self, recipe: RecipeConfig, console: Console, force: bool = False) -> None:
+
+def peak_rss_reset() -> bool:
+    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs), so the next reading is the peak
+    of one stage alone; False where that is not possible (the reading is then the process's peak)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The peak resident memory of this process since the last reset, MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+@dataclass
+class Row:
+    """One row of the recipe's table, and where its stages write."""
+
+    name: str
+    model: str | None = None  # the model evaluated: a zoo name/dir as given, or the trained checkpoint
+    train: Path | None = None
+    samples: Path | None = None
+    evaluations: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "train": str(self.train) if self.train else None,
+            "samples": str(self.samples) if self.samples else None,
+            "evaluations": {k: str(v) for k, v in self.evaluations.items()},
+            "notes": self.notes,
+        }
+
+
+class RecipeRun:
+    """One execution of a recipe: for each row, its stages in order, each skipped when up to date."""
+
+    def __init__(
+        self,
+        recipe: RecipeConfig,
+        console: Console,
+        force: bool = False,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
         self.recipe, self.console, self.force = recipe, console, force
+        self.callbacks = list(callbacks)  # extra training callbacks (tests interrupt a run with one)
         self.out = Path(recipe.out)
         self.markers = self.out / "stages"
         self.ran: list[str] = []
-        self.upstream = ""  # the digest of the stages so far: a changed earlier stage reruns the later ones
         self.digest = ""  # the digest of the stage running now
 
-    def stage(self, name: str, cfg: BaseModel, action: Callable[[Any], object]) -> None:
-        """Run one stage unless its marker matches its settings and every earlier stage's."""
+    def stage(
+        self,
+        name: str,
+        cfg: BaseModel,
+        action: Callable[[Any], object],
+        inputs: dict[str, Path | str] | None = None,
+        outputs: Sequence[Path] = (),
+        exclude: Iterable[str] = (),
+    ) -> bool:
+        """Run one stage unless its marker matches its settings and inputs and its outputs exist;
+        returns whether it ran."""
         settings = json.loads(cfg.model_dump_json())
-        digest = _settings_hash({"settings": settings, "upstream": self.upstream})
+        seen = {
+            key: fingerprint(value, exclude) if isinstance(value, Path) else value
+            for key, value in (inputs or {}).items()
+        }
+        digest = _sha256({"settings": settings, "inputs": seen})
         marker = self.markers / f"{name}.json"
-        up_to_date = marker.is_file() and json.loads(marker.read_text()).get("sha256") == digest
+        up_to_date = (
+            marker.is_file()
+            and json.loads(marker.read_text()).get("sha256") == digest
+            and all(Path(o).exists() for o in outputs)
+        )
         if up_to_date and not self.force:
             self.console.print(f"[bold cyan]run[/] {name} is up to date ({getattr(cfg, 'out', '')})")
-        else:
-            self.console.rule(f"[bold]{self.recipe.name}: {name}")
-            self.digest = digest
-            action(cfg)
-            write_json(marker, {"sha256": digest, "settings": settings})
-            self.ran.append(name)
-        self.upstream = digest
+            return False
+        self.console.rule(f"[bold]{self.recipe.name}: {name}")
+        self.digest = digest
+        action(cfg)
+        write_json(marker, {"sha256": digest, "settings": settings, "inputs": seen})
+        self.ran.append(name)
+        return True
 
     # -- the stages -----------------------------------------------------------------------------------
     def prepare(self, cfg: Any) -> None:
@@ -73,14 +202,31 @@ class RecipeRun:
 
         # A run of these very settings that was interrupted left checkpoints: continue it. Checkpoints of
         # other settings (the stage runs again because a setting changed) are not resumed but replaced.
-        running = self.markers / "train.running"
+        out = Path(cfg.out)
+        running = out.parent / f".{out.name}.running"
         same = running.is_file() and running.read_text() == self.digest
-        if Path(cfg.out).exists() and (self.force or not same):
+        if out.exists() and (self.force or not same):
             self.console.print(f"[bold cyan]run[/] train: settings changed, starting over in {cfg.out}")
-            shutil.rmtree(cfg.out)
+            shutil.rmtree(out)
+        running.parent.mkdir(parents=True, exist_ok=True)
         running.write_text(self.digest)
         resume = cfg.model_copy(update={"resume": bool(Trainer(cfg).checkpoints())})
-        train(resume, self.console, callbacks=dev_callbacks(cfg))
+        reset = peak_rss_reset()
+        started = time.perf_counter()
+        summary = train(resume, self.console, callbacks=[*dev_callbacks(cfg), *self.callbacks])
+        cost = {
+            "stage_wall_s": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_scope": "this stage" if reset else "the process so far",
+            "trainable_parameters": summary.get("parameters", {}).get("trainable"),
+            "total_parameters": summary.get("parameters", {}).get("total"),
+        }
+        if "torch" in sys.modules:
+            import torch
+
+            if torch.cuda.is_available():
+                cost["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        write_json(out / "cost.json", cost)
         running.unlink()
 
     def generate(self, cfg: Any) -> None:
@@ -97,38 +243,174 @@ class RecipeRun:
 
         run_evaluation(cfg, self.console)
 
-    def run(self) -> list[str]:
-        """Every stage the recipe has, in flow order; returns the names of those that ran."""
+    def report(self, rows: list[Row]) -> None:
+        from pycodegen.evaluate.report import recipe_report
+
+        write_json(self.out / "rows.json", [r.to_dict() for r in rows])
+        text = recipe_report(self.recipe, [r.to_dict() for r in rows], self.out)
+        (self.out / "report.md").write_text(text, encoding="utf-8")
+
+    # -- the rows -------------------------------------------------------------------------------------
+    def rows(self) -> dict[str, RecipeVariant]:
+        """The recipe's rows; without `variants`, one row that is the recipe's own stages."""
+        return self.recipe.variants or {"": RecipeVariant()}
+
+    def run_row(self, name: str, variant: RecipeVariant, prepared: dict[str, PrepareConfig]) -> Row:
+        """prepare (shared unless the row changes it) → train → generate → evaluations, for one row."""
         recipe, out = self.recipe, self.out
+        suffix = f"-{name}" if name else ""
+        row = Row(name or ("trained" if recipe.train is not None else "model"), model=variant.model)
+        data: dict[str, Any] = {}
+        if variant.model is None and (recipe.prepare is not None or variant.prepare):
+            key = "prepare" + (suffix if variant.prepare else "")
+            if key not in prepared:
+                cfg = _merged(PrepareConfig, recipe.prepare, variant.prepare, f"variants.{name}.prepare")
+                cfg = defaults(cfg, out=out / ("data" + (suffix if variant.prepare else "")))
+                source = Path(cfg.source) if cfg.source else Path(os.__file__).parent  # default: stdlib
+                self.stage(
+                    key,
+                    cfg,
+                    self.prepare,
+                    {"source": source},
+                    [Path(cfg.out) / "manifest.json"],
+                    exclude=cfg.exclude,
+                )
+                prepared[key] = cfg
+            data = {"data": prepared[key].out}
+        if variant.model is None and (recipe.train is not None or variant.train):
+            cfg = _merged(TrainConfig, recipe.train, variant.train, f"variants.{name}.train")
+            cfg = defaults(cfg, out=out / f"train{suffix}", **data)
+            self.stage(
+                f"train{suffix}",
+                cfg,
+                self.train,
+                {"data": Path(cfg.data)},
+                [Path(cfg.out) / "summary.json", Path(cfg.out) / "best"],
+            )
+            row.train, row.model = Path(cfg.out), str(Path(cfg.out) / "best")
+        model = {"model": row.model} if row.model else {}
+        waits = self.waits_for_engine(row.model)
+        if recipe.generate is not None:
+            cfg = _merged(GenerateConfig, recipe.generate, variant.generate, f"variants.{name}.generate")
+            cfg = defaults(cfg, out=out / f"samples{suffix}.jsonl", **model)
+            if waits:
+                row.notes.append(f"generate {waits}")
+            else:
+                self.stage(f"generate{suffix}", cfg, self.generate, self.model_input(cfg.model), [cfg.out])
+                row.samples = Path(cfg.out)
+        wanted = variant.evaluations
+        for ev_name, base in recipe.evaluation_configs().items():
+            if wanted is not None and ev_name not in wanted:
+                continue
+            tail = "" if ev_name == "evaluate" else f"-{ev_name}"
+            cfg = _merged(EvaluateConfig, base, variant.evaluate, f"variants.{name}.evaluate")
+            ev_model = model if cfg.samples is None else {}
+            cfg = defaults(cfg, out=out / f"eval{suffix}{tail}", **ev_model)
+            if waits and cfg.samples is None:
+                row.notes.append(f"{ev_name} {waits}")
+                continue
+            inputs = {"samples": cfg.samples} if cfg.samples else self.model_input(cfg.model)
+            results = [Path(cfg.out) / "results.json"]
+            self.stage(f"evaluate{suffix}{tail}", cfg, self.evaluate, inputs, results)
+            row.evaluations[ev_name] = Path(cfg.out)
+        return row
+
+    @staticmethod
+    def model_input(model: str | None) -> dict[str, Path | str]:
+        """A model as a stage input: a local directory or file by its fingerprint, a zoo name as itself."""
+        if model is None:
+            return {}
+        return {"model": Path(model)} if Path(model).exists() else {"model": model}
+
+    @staticmethod
+    def waits_for_engine(model: str | None) -> str | None:
+        """Why a model cannot be generated from yet (a checkpoint of a family other than hf-causal), or
+        None when generate/evaluate can load it."""
+        from pycodegen.zoo import checkpoint_card
+
+        if model is None or not Path(model).is_dir():
+            return None
+        card = checkpoint_card(Path(model)) or {}
+        family = card.get("family", GENERATING_FAMILY)
+        return None if family == GENERATING_FAMILY else WAITS_FOR_ENGINE.format(family=family)
+
+    def run(self) -> list[str]:
+        """Every row's stages in flow order, then the report; returns the names of the stages that ran."""
+        recipe = self.recipe
         for name, capability in NOT_BUILT.items():
             if getattr(recipe, name) is not None:
                 raise ConfigError(
                     f"recipe {recipe.name!r} has a {name!r} stage, but {capability} is not built yet"
                 )
         self.markers.mkdir(parents=True, exist_ok=True)
-        prepared = defaults(recipe.prepare, out=out / "data") if recipe.prepare is not None else None
-        if prepared is not None:
-            self.stage("prepare", prepared, self.prepare)
-        trained: dict[str, Any] = {}
-        if recipe.train is not None:
-            data = {"data": prepared.out} if prepared is not None else {}
-            train_cfg = defaults(recipe.train, out=out / "train", **data)
-            self.stage("train", train_cfg, self.train)
-            trained = {"model": str(Path(train_cfg.out) / "best")}
-        if recipe.generate is not None:
-            self.stage(
-                "generate", defaults(recipe.generate, out=out / "samples.jsonl", **trained), self.generate
-            )
-        if recipe.evaluate is not None:
-            model = trained if recipe.evaluate.samples is None else {}
-            self.stage("evaluate", defaults(recipe.evaluate, out=out / "eval", **model), self.evaluate)
-        if not self.ran:
+        prepared: dict[str, PrepareConfig] = {}
+        rows = [self.run_row(name, variant, prepared) for name, variant in self.rows().items()]
+        if any(r.evaluations or r.train for r in rows):
+            inputs: dict[str, Path | str] = {}
+            for r in rows:
+                inputs |= {f"{r.name}/{k}": v / "results.json" for k, v in r.evaluations.items()}
+                if r.train is not None:
+                    inputs[f"{r.name}/train"] = r.train / "metrics.jsonl"
+            report_cfg = recipe.model_copy(update={"scales": {}})  # the settings that shape the report
+            self.stage("report", report_cfg, lambda _: self.report(rows), inputs, [self.out / "report.md"])
+        if not [n for n in self.ran if n != "report"]:
             self.console.print(
                 f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)"
             )
+        self.summarise(rows)
         return self.ran
 
+    def summarise(self, rows: list[Row]) -> None:
+        """The end of a run on the console: the table and paired comparisons of report.md, a sample
+        completion of the last trained row, and the command that uses its model."""
+        report = self.out / "report.md"
+        if report.is_file():
+            text = report.read_text(encoding="utf-8")
+            shown = [line for line in text.splitlines() if line.startswith(("|", "- "))]
+            self.console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
+        trained = [r for r in rows if r.train is not None and r.model]
+        if not trained:
+            return
+        row = trained[-1]
+        if row.samples is not None and row.samples.is_file():
+            from pycodegen.jsonl import read_jsonl
 
-def run_recipe(recipe: RecipeConfig, console: Console, force: bool = False) -> list[str]:
+            first = next(iter(read_jsonl(row.samples)), None)
+            if first is not None:
+                self.console.rule(f"{row.name}: {first.get('prompt', first.get('task_id'))}")
+                self.console.print(first["completion"], markup=False, highlight=False)
+        self.console.print(
+            f"[bold cyan]run[/] report: {report}\n"
+            f"use the trained model: pycodegen generate --model {row.model} -p "
+            '"Write a Python function that reverses a string."',
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def with_run_options(
+    recipe: RecipeConfig, out: Path | None = None, source: str | None = None, budget: str | None = None
+) -> RecipeConfig:
+    """The recipe with `pycodegen run`'s overrides: another run directory, another prepare source (e.g.
+    the user's own repository), another training budget."""
+    update: dict[str, Any] = {}
+    if out is not None:
+        update["out"] = out
+    if source is not None:
+        if recipe.prepare is None:
+            raise ConfigError(f"recipe {recipe.name!r} has no prepare stage: --source has nothing to change")
+        update["prepare"] = recipe.prepare.model_copy(update={"source": source})
+    if budget is not None:
+        if recipe.train is None:
+            raise ConfigError(f"recipe {recipe.name!r} has no train stage: --budget has nothing to change")
+        update["train"] = parse_config(
+            TrainConfig, recipe.train.model_dump(exclude_unset=True) | {"budget": budget}, where="--budget"
+        )
+    return recipe.model_copy(update=update)
+
+
+def run_recipe(
+    recipe: RecipeConfig, console: Console, force: bool = False, callbacks: Sequence[Any] = ()
+) -> list[str]:
     """Run the stages of a recipe; returns the names of the stages that ran (not skipped)."""
-    return RecipeRun(recipe, console, force).run()
+    return RecipeRun(recipe, console, force, callbacks).run()
