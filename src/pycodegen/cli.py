@@ -236,9 +236,9 @@ def evaluate_main(cfg: Any) -> None:
 
 
 def report_main(cfg: Any) -> None:
-    from pycodegen.evaluate.report import compare
+    from pycodegen.evaluate.report import full_report
 
-    table = compare(cfg.runs, cfg.allow_mismatch)
+    table = full_report(cfg.runs, cfg.allow_mismatch, cfg.out)
     print(table, end="")
     if cfg.out is not None:
         cfg.out.write_text(table, encoding="utf-8")
@@ -246,9 +246,10 @@ def report_main(cfg: Any) -> None:
 
 def run_main(cfg: Any) -> None:
     from pycodegen.config import load_recipe
-    from pycodegen.recipe import run_recipe
+    from pycodegen.recipe import run_recipe, with_run_options
 
-    run_recipe(load_recipe(cfg.recipe), console, force=cfg.force)
+    recipe = with_run_options(load_recipe(cfg.recipe, cfg.scale), cfg.out, cfg.source, cfg.budget)
+    run_recipe(recipe, console, force=cfg.force)
 
 
 def search_main(cfg: Any) -> None:
