@@ -456,7 +456,7 @@ class RecipeConfig(StrictModel):
             for evaluation in variant.evaluations or []:
                 if evaluation not in known:
                     raise ValueError(f"variants.{name}.evaluations: no evaluation named {evaluation!r}")
-            for evaluation in self.evaluation_configs():
+            for evaluation in self.evaluation_configs().values():
                 merged = evaluation.model_dump(exclude_unset=True) | variant.evaluate
                 parse_config(EvaluateConfig, merged, where=f"variants.{name}.evaluate")
 

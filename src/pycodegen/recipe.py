@@ -97,6 +97,29 @@ def _merged(cls: type[BaseModel], base: BaseModel | None, override: dict[str, An
     return parse_config(cls, data, where=where)
 
 
+PACKAGED = "builtin:"
+
+
+def packaged_source(source: str | None) -> str | None:
+    """A prepare source as a path: `builtin:mbpp` is the MBPP copy shipped inside pycodegen (so the
+    quickstart needs nothing beside the installed package); anything else is left as it is.
+
+    >>> packaged_source("builtin:mbpp").endswith("mbpp.jsonl"), packaged_source("data/x.json")
+    (True, 'data/x.json')
+    """
+    if source is None or not source.startswith(PACKAGED):
+        return source
+    from pycodegen.benchmarks import mbpp_path
+
+    known = {"mbpp": mbpp_path}
+    name = source.removeprefix(PACKAGED)
+    if name not in known:
+        raise ConfigError(
+            f"source {source!r}: the packaged sources are {', '.join(PACKAGED + k for k in known)}"
+        )
+    return str(known[name]())
+
+
 def peak_rss_reset() -> bool:
     """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs), so the next reading is the peak
     of one stage alone; False where that is not possible (the reading is then the process's peak)."""
@@ -266,6 +289,7 @@ class RecipeRun:
             if key not in prepared:
                 cfg = _merged(PrepareConfig, recipe.prepare, variant.prepare, f"variants.{name}.prepare")
                 cfg = defaults(cfg, out=out / ("data" + (suffix if variant.prepare else "")))
+                cfg = cfg.model_copy(update={"source": packaged_source(cfg.source)})
                 source = Path(cfg.source) if cfg.source else Path(os.__file__).parent  # default: stdlib
                 self.stage(
                     key,
@@ -293,7 +317,9 @@ class RecipeRun:
         if recipe.generate is not None:
             cfg = _merged(GenerateConfig, recipe.generate, variant.generate, f"variants.{name}.generate")
             cfg = defaults(cfg, out=out / f"samples{suffix}.jsonl", **model)
-            if waits:
+            if variant.generate and not cfg.prompt and cfg.benchmark is None and cfg.problems is None:
+                pass  # this row overrides the prompts away (`generate: {prompt: []}`): nothing to show
+            elif waits:
                 row.notes.append(f"generate {waits}")
             else:
                 self.stage(f"generate{suffix}", cfg, self.generate, self.model_input(cfg.model), [cfg.out])
