@@ -1,0 +1,250 @@
+"""Recipes: every recipe validates at every scale, runs end to end at smoke scale, does no work when run
+again unchanged, reruns a stage whose input files changed, and resumes an interrupted stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from pycodegen.config import RecipeConfig, load_recipe, parse_config
+from pycodegen.errors import ConfigError
+from pycodegen.recipe import RecipeRun, run_recipe
+from pycodegen.train.callbacks import TrainCallback
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+QUIET = Console(quiet=True)
+
+
+def _recorded(console_file: Path) -> Console:
+    return Console(file=console_file.open("w"), width=200, force_terminal=False)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("scale", ["smoke", "tiny", "paper"])
+def test_every_recipe_validates_at_every_scale(recipe: Path, scale: str) -> None:
+    """Each recipe defines smoke and paper (tiny is the recipe as written) and each validates."""
+    loaded = load_recipe(recipe, scale)
+    assert isinstance(loaded, RecipeConfig)
+    assert set(loaded.scales) >= {"smoke", "paper"}, f"{recipe.name} lacks a smoke or paper scale"
+
+
+def test_a_scale_the_recipe_lacks_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\nscales:\n  smoke: {out: x}\n")
+    with pytest.raises(ConfigError, match=r"no 'paper' scale \(it has tiny, smoke\)"):
+        load_recipe(path, "paper")
+    path.write_text("name: t\nscales:\n  paper:\n    train: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=r"scale paper"):
+        load_recipe(path)  # a broken scale is an error at any scale
+
+
+def test_a_row_override_is_validated_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\ntrain: {family: char-rnn}\nvariants:\n  a: {train: {lora_rr: 8}}\n")
+    with pytest.raises(ConfigError, match=r"variants.a.train: unknown key 'lora_rr'"):
+        load_recipe(path)
+
+
+# -- a small recipe made in the test -------------------------------------------------------------------
+def char_recipe(tmp_path: Path, source: Path, **train: Any) -> RecipeConfig:
+    """prepare (char-stream over `source`) → train (a tiny char-RNN)."""
+    return parse_config(
+        RecipeConfig,
+        {
+            "name": "t",
+            "out": str(tmp_path / "run"),
+            "prepare": {
+                "source": str(source),
+                "task": "char-stream",
+                "seq_len": 32,
+                "workers": 1,
+                "valid_fraction": 0.2,
+                "test_fraction": 0.0,
+                "dedup": False,
+            },
+            "train": {
+                "family": "char-rnn",
+                "max_steps": 4,
+                "batch_size": 4,
+                "save_every": 2,
+                "eval_every": 2,
+                "log_every": 1,
+                "model_args": {"n_embd": 16, "n_layer": 1},
+                **train,
+            },
+        },
+    )
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(6):
+        (root / f"m{i}.py").write_text(
+            f'def f{i}(x):\n    """Add {i}."""\n    y = x + {i}\n    return y * 2 - {i}\n' * 3
+        )
+    return root
+
+
+def test_rerun_does_no_work_and_a_changed_input_file_reruns(tmp_path: Path, small_tree: Path) -> None:
+    recipe = char_recipe(tmp_path, small_tree)
+    assert run_recipe(recipe, QUIET) == ["prepare", "train", "report"]
+    assert run_recipe(recipe, QUIET) == []  # unchanged: nothing runs, not even the report
+    # the same settings over changed source files: prepare and everything after it run again
+    (small_tree / "m0.py").write_text('def g(x):\n    """Other."""\n    return x - 1\n' * 4)
+    assert run_recipe(recipe, QUIET) == ["prepare", "train", "report"]
+    # a deleted output is rebuilt even though the marker matches
+    (tmp_path / "run" / "report.md").unlink()
+    assert run_recipe(recipe, QUIET) == ["report"]
+
+
+class InterruptAt(TrainCallback):
+    """Ctrl-C as the trainer sees it (its own flag, set by its SIGINT handler) after `step` steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_log(self, trainer: Any, row: dict[str, Any]) -> None:
+        if row.get("step") == self.step and "loss" in row:
+            trainer.interrupted = True
+
+
+def test_an_interrupted_train_stage_resumes(tmp_path: Path, small_tree: Path) -> None:
+    recipe = char_recipe(tmp_path, small_tree)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, QUIET, callbacks=[InterruptAt(2)])
+    train = tmp_path / "run" / "train"
+    assert (train / "checkpoint-2").is_dir() and not (train / "summary.json").exists()
+    log = tmp_path / "log.txt"
+    ran = RecipeRun(recipe, _recorded(log)).run()
+    assert ran == ["train", "report"]  # prepare had finished: only the interrupted stage and after
+    text = log.read_text()
+    assert "starting over" not in text
+    summary = json.loads((train / "summary.json").read_text())
+    assert summary["steps"] == 4
+    steps = [json.loads(x)["step"] for x in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == sorted(s for s in steps if s)  # one run, continued, not restarted
+    assert steps.count(1) == 1
+
+
+def _canonical_samples(tmp_path: Path, count: int) -> Path:
+    from pycodegen.benchmarks import load_problems
+
+    _, problems, _ = load_problems("humaneval")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": p.task_id, "completion": p.canonical_solution}) + "\n"
+            for p in problems[:count]
+        )
+    )
+    return samples
+
+
+def test_an_interrupted_evaluate_stage_resumes_from_its_verdicts(tmp_path: Path) -> None:
+    samples = _canonical_samples(tmp_path, 3)
+    recipe = parse_config(
+        RecipeConfig,
+        {
+            "name": "t",
+            "out": str(tmp_path / "run"),
+            "evaluate": {
+                "samples": str(samples),
+                "benchmark": "humaneval",
+                "limit": 3,
+                "timeout": 5,
+                "workers": 1,
+                "examples": False,
+            },
+        },
+    )
+    assert run_recipe(recipe, QUIET) == ["evaluate", "report"]
+    # interrupted after one verdict: the marker was never written, the verdict log holds one row
+    run = tmp_path / "run"
+    (run / "stages" / "evaluate.json").unlink()
+    verdicts = run / "eval" / "verdicts.jsonl"
+    verdicts.write_text(verdicts.read_text().splitlines()[0] + "\n")
+    log = tmp_path / "log.txt"
+    assert RecipeRun(recipe, _recorded(log)).run()[0] == "evaluate"  # (the report only if results changed)
+    assert "resuming tests: 1 verdict kept" in log.read_text()
+    assert json.loads((run / "eval" / "results.json").read_text())["metrics"]["pass@1"] == 1.0
+
+
+def test_rows_get_their_own_directories_and_a_paired_comparison(tmp_path: Path) -> None:
+    """Two rows over samples files (one right, one wrong on a problem): report.md has both rows and the
+    paired sentence; `pycodegen report` on the recipe directory finds the same runs."""
+    from pycodegen.evaluate.report import expand_runs
+
+    good = _canonical_samples(tmp_path, 3)
+    bad = tmp_path / "bad.jsonl"
+    rows = good.read_text().splitlines()
+    bad.write_text(
+        "\n".join([rows[0].replace('"completion": "', '"completion": "    return None\\n'), *rows[1:]])
+    )
+    recipe = parse_config(
+        RecipeConfig,
+        {
+            "name": "pair",
+            "out": str(tmp_path / "run"),
+            "evaluate": {"benchmark": "humaneval", "limit": 3, "timeout": 5, "workers": 1, "examples": False},
+            "variants": {
+                "before": {"evaluate": {"samples": str(bad)}},
+                "after": {"evaluate": {"samples": str(good)}},
+            },
+            "published": {"after": {"pass@1": 0.5}},
+        },
+    )
+    assert run_recipe(recipe, QUIET) == ["evaluate-before", "evaluate-after", "report"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| before |" in report and "| after |" in report and "| published: after |" in report
+    assert "after vs before, 3 problems: 1 win, 0 losses, 2 ties" in report
+    assert "inside the noise" in report
+    assert expand_runs([tmp_path / "run"]) == [
+        tmp_path / "run" / "eval-before",
+        tmp_path / "run" / "eval-after",
+    ]
+
+
+# -- the shipped recipes at smoke scale ----------------------------------------------------------------
+def run_shipped(name: str, tmp_path: Path) -> tuple[RecipeRun, str]:
+    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml", "smoke")
+    recipe = recipe.model_copy(update={"out": tmp_path / name})
+    log = tmp_path / f"{name}.log"
+    runner = RecipeRun(recipe, _recorded(log))
+    runner.run()
+    return runner, log.read_text()
+
+
+def test_quickstart_smoke_end_to_end(tmp_path: Path) -> None:
+    """The quickstart at smoke scale: base and LoRA rows scored on the same problems, the before/after
+    table with a paired comparison, the loss curve, a sample and the command; a rerun does no work."""
+    runner, log = run_shipped("quickstart", tmp_path)
+    assert runner.ran == [
+        "evaluate-base",
+        "prepare",
+        "train-lora",
+        "generate-lora",
+        "evaluate-lora",
+        "report",
+    ]
+    out = tmp_path / "quickstart"
+    report = (out / "report.md").read_text()
+    assert "| base | smollm2-135m-instruct |" in report and "| lora |" in report
+    assert "lora vs base, 2 problems:" in report
+    assert "use the trained model: pycodegen generate --model" in log
+    base = json.loads((out / "eval-base" / "results.json").read_text())["run_card"]
+    lora = json.loads((out / "eval-lora" / "results.json").read_text())["run_card"]
+    assert base["prompt_mode"] == lora["prompt_mode"] == "chat"  # the same prompts before and after
+    assert base["problems"]["task_ids_sha256"] == lora["problems"]["task_ids_sha256"]
+    if pytest.importorskip("matplotlib"):
+        assert (out / "plots" / "loss.png").stat().st_size > 1000 and "plots/loss.png" in report
+    again = RecipeRun(
+        load_recipe(REPO / "recipes" / "quickstart.yaml", "smoke").model_copy(update={"out": out}), QUIET
+    )
+    assert again.run() == []
