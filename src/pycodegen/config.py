@@ -426,6 +426,11 @@ class RecipeConfig(StrictModel):
     published: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="The paper's numbers, by row, shown beside ours in report.md."
     )
+    analyses: list[Literal["novelty", "memorisation"]] = Field(
+        default_factory=list,
+        description="Report sections: novelty (generated bodies' n-grams vs the training bodies), "
+        "memorisation (longest piece of each completion found verbatim in a training file).",
+    )
     scales: dict[Scale, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per-scale overrides (a partial recipe merged in); the recipe itself is `tiny`.",
