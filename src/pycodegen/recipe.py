@@ -148,6 +148,8 @@ class Row:
     name: str
     model: str | None = None  # the model evaluated: a zoo name/dir as given, or the trained checkpoint
     train: Path | None = None
+    data: Path | None = None  # the prepared data it was trained on
+    source: str | None = None  # the source that data was prepared from
     samples: Path | None = None
     evaluations: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -271,6 +273,7 @@ class RecipeRun:
 
         write_json(self.out / "rows.json", [r.to_dict() for r in rows])
         text = recipe_report(self.recipe, [r.to_dict() for r in rows], self.out)
+        text += "".join(f"\n{section}" for section in analyses(self.recipe.analyses, rows))
         (self.out / "report.md").write_text(text, encoding="utf-8")
 
     # -- the rows -------------------------------------------------------------------------------------
@@ -301,6 +304,7 @@ class RecipeRun:
                 )
                 prepared[key] = cfg
             data = {"data": prepared[key].out}
+            row.data, row.source = Path(prepared[key].out), prepared[key].source
         if variant.model is None and (recipe.train is not None or variant.train):
             cfg = _merged(TrainConfig, recipe.train, variant.train, f"variants.{name}.train")
             cfg = defaults(cfg, out=out / f"train{suffix}", **data)
@@ -412,6 +416,90 @@ class RecipeRun:
             highlight=False,
             soft_wrap=True,
         )
+
+
+# -- the report's analyses ------------------------------------------------------------------------------
+def _first_samples(row: Row) -> list[dict[str, Any]]:
+    """The row's generated texts: its free-prompt samples, else its first evaluation's samples."""
+    from pycodegen.jsonl import read_jsonl
+
+    candidates = [row.samples] if row.samples else []
+    candidates += [d / "samples.jsonl" for d in row.evaluations.values()]
+    for path in candidates:
+        if path is not None and path.is_file():
+            return list(read_jsonl(path))
+    return []
+
+
+def training_files(row: Row) -> dict[str, str]:
+    """{path: text} of the source files behind a row's training split (rows that carry a `path`)."""
+    from pycodegen.data.dataset_dir import read_split
+
+    if row.data is None:
+        return {}
+    texts = {}
+    root = Path(row.source) if row.source else Path(os.__file__).parent
+    for item in read_split(row.data, "train"):
+        name = item.get("path")
+        if not name or name in texts:
+            continue
+        path = Path(name) if Path(name).is_absolute() else root / name
+        if path.is_file():
+            texts[name] = path.read_text(encoding="utf-8", errors="replace")
+    return texts
+
+
+def analyses(wanted: Sequence[str], rows: list[Row]) -> list[str]:
+    """The markdown sections of the analyses a recipe asks for, over the rows that have what they need."""
+    from pycodegen import metrics
+    from pycodegen.data.dataset_dir import read_split
+
+    sections = []
+    if "novelty" in wanted:
+        lines = [
+            "## Novelty of generated bodies",
+            "",
+            "| row | samples | novel word 4-grams | verbatim copies |",
+            "|---|---|---|---|",
+        ]
+        for row in rows:
+            samples = _first_samples(row)
+            if not samples or row.data is None:
+                continue
+            bodies = [str(r.get("target", "")) for r in read_split(row.data, "train")]
+            result = metrics.ngram_novelty([s["completion"] for s in samples], bodies, n=4)
+            lines.append(
+                f"| {row.name} | {len(samples)} | {result['novel_ngram_share']:.1%} | "
+                f"{result['verbatim_share']:.1%} |"
+            )
+        lines += [
+            "",
+            "Share of the generated 4-grams never seen in a training body, and of samples found "
+            "verbatim in the training bodies (Perez et al. 2021's check that the model does not copy).",
+        ]
+        sections.append("\n".join(lines) + "\n")
+    if "memorisation" in wanted:
+        lines = [
+            "## Memorisation",
+            "",
+            "| row | prompt | longest copied (chars) | training file | copied |",
+            "|---|---|---|---|---|",
+        ]
+        for row in rows:
+            files = training_files(row)
+            if not files:
+                continue
+            names = list(files)
+            for sample in _first_samples(row):
+                text = str(sample.get("prompt", "")) + sample["completion"]
+                found = metrics.longest_common_substring(text, list(files.values()))
+                where = names[found["source"]] if found["source"] is not None else ""
+                excerpt = found["match"][:60].replace("\n", "⏎").replace("|", "\\|")
+                prompt = sample.get("prompt", "")
+                lines.append(f"| {row.name} | `{prompt}` | {found['length']} | {where} | `{excerpt}` |")
+        lines += ["", "The longest piece of prompt + completion found verbatim in one training file."]
+        sections.append("\n".join(lines) + "\n")
+    return sections
 
 
 def with_run_options(
