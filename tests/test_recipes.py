@@ -212,19 +212,60 @@ def test_rows_get_their_own_directories_and_a_paired_comparison(tmp_path: Path) 
 
 
 # -- the shipped recipes at smoke scale ----------------------------------------------------------------
-def run_shipped(name: str, tmp_path: Path) -> tuple[RecipeRun, str]:
+EMBEDDED = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def tiny_embedded(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A one-layer Llama with the embedded model's tokenizer (and chat template): what the default suite
+    runs the recipes with in place of the 135M model, so each recipe takes seconds, not minutes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pycodegen.zoo import load_tokenizer
+
+    tokenizer = load_tokenizer(EMBEDDED)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    directory = tmp_path_factory.mktemp("tiny-embedded")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def _swap(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def run_shipped(
+    name: str, tmp_path: Path, model: str | None, chdir: pytest.MonkeyPatch
+) -> tuple[RecipeRun, str]:
+    """A shipped recipe at smoke scale from the repository root (its ../shared/data paths), into tmp_path;
+    `model` replaces the embedded model wherever the recipe names it."""
+    chdir.chdir(REPO)
     recipe = load_recipe(REPO / "recipes" / f"{name}.yaml", "smoke")
-    recipe = recipe.model_copy(update={"out": tmp_path / name})
+    data = recipe.model_dump(exclude_unset=True, mode="json") | {"out": str(tmp_path / name)}
+    recipe = parse_config(RecipeConfig, _swap(data, EMBEDDED, model) if model else data)
     log = tmp_path / f"{name}.log"
     runner = RecipeRun(recipe, _recorded(log))
     runner.run()
+    assert RecipeRun(recipe, QUIET).run() == [], "a rerun of the unchanged recipe did work"
     return runner, log.read_text()
 
 
-def test_quickstart_smoke_end_to_end(tmp_path: Path) -> None:
-    """The quickstart at smoke scale: base and LoRA rows scored on the same problems, the before/after
-    table with a paired comparison, the loss curve, a sample and the command; a rerun does no work."""
-    runner, log = run_shipped("quickstart", tmp_path)
+def quickstart_checks(runner: RecipeRun, log: str, out: Path) -> None:
     assert runner.ran == [
         "evaluate-base",
         "prepare",
@@ -233,9 +274,8 @@ def test_quickstart_smoke_end_to_end(tmp_path: Path) -> None:
         "evaluate-lora",
         "report",
     ]
-    out = tmp_path / "quickstart"
     report = (out / "report.md").read_text()
-    assert "| base | smollm2-135m-instruct |" in report and "| lora |" in report
+    assert "| base |" in report and "| lora |" in report
     assert "lora vs base, 2 problems:" in report
     assert "use the trained model: pycodegen generate --model" in log
     base = json.loads((out / "eval-base" / "results.json").read_text())["run_card"]
@@ -244,7 +284,61 @@ def test_quickstart_smoke_end_to_end(tmp_path: Path) -> None:
     assert base["problems"]["task_ids_sha256"] == lora["problems"]["task_ids_sha256"]
     if pytest.importorskip("matplotlib"):
         assert (out / "plots" / "loss.png").stat().st_size > 1000 and "plots/loss.png" in report
-    again = RecipeRun(
-        load_recipe(REPO / "recipes" / "quickstart.yaml", "smoke").model_copy(update={"out": out}), QUIET
+
+
+def test_quickstart_smoke_end_to_end(
+    tmp_path: Path, tiny_embedded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quickstart at smoke scale (a tiny model in the embedded one's place): base and LoRA rows scored
+    on the same problems in the same prompt format, the before/after table with a paired comparison, the
+    loss curve, a sample and the command; a rerun does no work."""
+    runner, log = run_shipped("quickstart", tmp_path, tiny_embedded, monkeypatch)
+    quickstart_checks(runner, log, tmp_path / "quickstart")
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_with_the_embedded_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, log = run_shipped("quickstart", tmp_path, None, monkeypatch)
+    quickstart_checks(runner, log, tmp_path / "quickstart")
+
+
+def test_autocoder_smoke_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, _ = run_shipped("autocoder-completion", tmp_path, None, monkeypatch)
+    assert runner.ran == ["prepare", "train", "generate", "report"]
+    report = (tmp_path / "autocoder-completion" / "report.md").read_text()
+    assert "valid_perplexity" in report
+    assert "## Memorisation" in report and "`def factorial(m)`" in report and "`def sum`" in report
+    manifest = json.loads((tmp_path / "autocoder-completion" / "data" / "manifest.json").read_text())
+    assert manifest["task"] == "lm-windows" and manifest["options"]["window"] == 256
+
+
+def test_hust_smoke_end_to_end(tmp_path: Path, tiny_embedded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, _ = run_shipped("hust-lora-vs-full", tmp_path, tiny_embedded, monkeypatch)
+    assert [n for n in runner.ran if n.startswith("train")] == ["train-lora", "train-full"]
+    report = (tmp_path / "hust-lora-vs-full" / "report.md").read_text()
+    for row in ("base", "lora", "full"):
+        assert f"| {row} |" in report
+    assert "mbpp bleu" in report and "humaneval pass@1" in report and "trainable params" in report
+    assert "lora vs base" in report and "full vs base" in report
+    cost = json.loads((tmp_path / "hust-lora-vs-full" / "train-lora" / "cost.json").read_text())
+    full = json.loads((tmp_path / "hust-lora-vs-full" / "train-full" / "cost.json").read_text())
+    assert cost["trainable_parameters"] < full["trainable_parameters"] == full["total_parameters"]
+
+
+def test_stanford_smoke_end_to_end(
+    tmp_path: Path, tiny_embedded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, _ = run_shipped("stanford-docstring-to-body", tmp_path, tiny_embedded, monkeypatch)
+    assert {"train-decoder", "train-char-rnn", "train-nbow", "train-bigru", "evaluate-decoder"} <= set(
+        runner.ran
     )
-    assert again.run() == []
+    report = (tmp_path / "stanford-docstring-to-body" / "report.md").read_text()
+    assert "valid_mrr" in report and "dev_bleu" in report and "## Novelty" in report
+    assert "char-rnn: evaluate waits for the generation engine" in report
+
+
+def test_nazarbayev_smoke_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner, _ = run_shipped("nazarbayev-seq2seq", tmp_path, None, monkeypatch)
+    assert runner.ran == ["prepare", "train", "report"]
+    report = (tmp_path / "nazarbayev-seq2seq" / "report.md").read_text()
+    assert "dev_bleu" in report and "evaluate waits for the generation engine" in report
