@@ -148,12 +148,13 @@ def paired_sentence(label: str, result: dict[str, Any]) -> str:
     interval [+0.000, +0.375]); exact sign test p = 1.000: **inside the noise**.'
     """
     low, high = result["interval95"]
+    p_text = "p < 0.001" if result["p_value"] < 0.001 else f"p = {result['p_value']:.3f}"
     verdict = "**beyond the noise** (p < 0.05)" if result["significant"] else "**inside the noise**"
     return (
         f"- {label}, {result['problems']} problems: {plural(result['wins'], 'win')}, "
         f"{plural(result['losses'], 'loss', 'losses')}, {plural(result['ties'], 'tie')}; pass@1 difference "
         f"{result['mean_difference']:+.3f} (95 % bootstrap interval [{low:+.3f}, {high:+.3f}]); "
-        f"exact sign test p = {result['p_value']:.3f}: {verdict}."
+        f"exact sign test {p_text}: {verdict}."
     )
 
 
@@ -379,6 +380,8 @@ def recipe_report(recipe: Any, rows: list[dict[str, Any]], out: Path) -> str:
         cells |= _train_columns(Path(row["train"]) if row["train"] else None)
         table[row["name"]] = cells
     columns = list(dict.fromkeys(c for cells in table.values() for c in cells))
+    for numbers in recipe.published.values():  # a published metric ours lack still gets its column
+        columns += [k for k in numbers if not any(c == k or c.endswith(f" {k}") for c in columns)]
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
