@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/pycodegen run recipes/quickstart.yaml
+	$(VENV)/bin/pycodegen run recipes/quickstart.yaml --scale $(or $(SCALE),tiny)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" -q
