@@ -342,3 +342,17 @@ def test_nazarbayev_smoke_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert runner.ran == ["prepare", "train", "report"]
     report = (tmp_path / "nazarbayev-seq2seq" / "report.md").read_text()
     assert "dev_bleu" in report and "evaluate waits for the generation engine" in report
+
+
+def test_run_options_replace_the_source_budget_and_out(tmp_path: Path, small_tree: Path) -> None:
+    from pycodegen.recipe import with_run_options
+
+    recipe = char_recipe(tmp_path, Path("elsewhere"), budget="1h")
+    changed = with_run_options(recipe, out=tmp_path / "o", source=str(small_tree), budget="90s")
+    assert changed.out == tmp_path / "o" and changed.prepare is not None and changed.train is not None
+    assert changed.prepare.source == str(small_tree) and changed.train.budget == "90s"
+    assert changed.train.max_steps == 4  # the rest of the stage is kept
+    with pytest.raises(ConfigError, match="has no prepare stage"):
+        with_run_options(parse_config(RecipeConfig, {"name": "x"}), source="src")
+    with pytest.raises(ConfigError, match="--budget"):
+        with_run_options(recipe, budget="soon")
