@@ -179,7 +179,7 @@ def test_an_interrupted_evaluate_stage_resumes_from_its_verdicts(tmp_path: Path)
 def test_rows_get_their_own_directories_and_a_paired_comparison(tmp_path: Path) -> None:
     """Two rows over samples files (one right, one wrong on a problem): report.md has both rows and the
     paired sentence; `pycodegen report` on the recipe directory finds the same runs."""
-    from pycodegen.evaluate.report import expand_runs
+    from pycodegen.evaluate.report import expand_runs, full_report
 
     good = _canonical_samples(tmp_path, 3)
     bad = tmp_path / "bad.jsonl"
@@ -209,6 +209,9 @@ def test_rows_get_their_own_directories_and_a_paired_comparison(tmp_path: Path) 
         tmp_path / "run" / "eval-before",
         tmp_path / "run" / "eval-after",
     ]
+    table = full_report([tmp_path / "run"])  # one row per run: recipe, row, model, mode, metrics
+    assert "| pair | before | unknown (samples without samples.meta.json) | as is | 0.6667 |" in table
+    assert "| pair | after | unknown (samples without samples.meta.json) | as is | 1 |" in table
 
 
 # -- the shipped recipes at smoke scale ----------------------------------------------------------------

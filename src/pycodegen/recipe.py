@@ -271,7 +271,7 @@ class RecipeRun:
     def report(self, rows: list[Row]) -> None:
         from pycodegen.evaluate.report import recipe_report
 
-        write_json(self.out / "rows.json", [r.to_dict() for r in rows])
+        write_json(self.out / "rows.json", {"recipe": self.recipe.name, "rows": [r.to_dict() for r in rows]})
         text = recipe_report(self.recipe, [r.to_dict() for r in rows], self.out)
         text += "".join(f"\n{section}" for section in analyses(self.recipe.analyses, rows))
         (self.out / "report.md").write_text(text, encoding="utf-8")
@@ -398,7 +398,7 @@ class RecipeRun:
             text = report.read_text(encoding="utf-8")
             shown = [line for line in text.splitlines() if line.startswith(("|", "- "))]
             self.console.print("\n".join(shown), markup=False, highlight=False, soft_wrap=True)
-        trained = [r for r in rows if r.train is not None and r.model]
+        trained = [r for r in rows if r.train is not None and r.model and not self.waits_for_engine(r.model)]
         if not trained:
             return
         row = trained[-1]

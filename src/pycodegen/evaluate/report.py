@@ -269,11 +269,46 @@ def expand_runs(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         rows_file = path / "rows.json"
         if path.is_dir() and not (path / "results.json").is_file() and rows_file.is_file():
-            for row in json.loads(rows_file.read_text(encoding="utf-8")):
+            for row in json.loads(rows_file.read_text(encoding="utf-8"))["rows"]:
                 expanded += [Path(p) for p in row["evaluations"].values()]
         else:
             expanded.append(path)
     return expanded
+
+
+def run_labels(path: Path, results: dict[str, Any]) -> dict[str, str]:
+    """Recipe, row, model and training mode of an evaluation run, from its run card, the recipe's
+    rows.json beside it (when a recipe made it) and the card of the checkpoint it scored."""
+    from pycodegen.zoo import checkpoint_card
+
+    directory = path if path.is_dir() else path.parent
+    labels = {"recipe": "", "row": "", "model": str(results["run_card"].get("model") or ""), "mode": "as is"}
+    rows_file = directory.parent / "rows.json"
+    if rows_file.is_file():
+        recipe = json.loads(rows_file.read_text(encoding="utf-8"))
+        labels["recipe"] = recipe.get("recipe", "")
+        for row in recipe.get("rows", []):
+            if any(Path(p).resolve() == directory.resolve() for p in row["evaluations"].values()):
+                labels["row"] = row["name"]
+    model = Path(labels["model"])
+    card = checkpoint_card(model) if model.is_dir() else None
+    if card is not None:
+        labels["mode"] = str((card.get("train_config") or {}).get("mode", "full"))
+    return labels
+
+
+def runs_table(runs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """One markdown row per run (recipe, row, model, mode), one column per metric any run has."""
+    keys = [k for k in EVAL_KEYS if any(isinstance(_metric(r, k), int | float) for _, r in runs)]
+    lines = [
+        "| recipe | row | model | mode | " + " | ".join(keys) + " |",
+        "|---|---|---|---|" + "---|" * len(keys),
+    ]
+    for path, r in runs:
+        labels = run_labels(path, r)
+        cells = [_cell(v) if isinstance(v := _metric(r, k), int | float) else "" for k in keys]
+        lines.append("| " + " | ".join([*labels.values(), *cells]) + " |")
+    return lines
 
 
 def full_report(paths: list[Path], allow_mismatch: bool = False, out: Path | None = None) -> str:
@@ -283,6 +318,7 @@ def full_report(paths: list[Path], allow_mismatch: bool = False, out: Path | Non
     paths = expand_runs(paths)
     lines = ["# Comparison", "", compare(paths, allow_mismatch).rstrip("\n")]
     runs = read_runs(paths)
+    lines += ["", "## By run", "", *runs_table(runs)]
     if all(r["metrics"].get("pass@1") is not None for _, r in runs):
         try:
             lines += paired_section([(str(p), p) for p, _ in runs])
