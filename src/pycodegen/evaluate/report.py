@@ -200,10 +200,15 @@ def training_rows(train_dir: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(
-    runs: dict[str, list[dict[str, Any]]], keys: Sequence[str], path: Path, title: str
+    runs: dict[str, list[dict[str, Any]]],
+    keys: Sequence[str],
+    path: Path,
+    title: str,
+    panels: bool = False,
 ) -> Path | None:
-    """One PNG: for each run and each key present in its rows, the key over training steps. Returns the
-    path, or None when there is nothing to draw or matplotlib is missing."""
+    """One PNG: for each run and each key present in its rows, the key over training steps (with
+    `panels`, one panel per key, for metrics on different scales: BLEU 0-100, CodeBLEU 0-1, perplexity).
+    Returns the path, or None when there is nothing to draw or matplotlib is missing."""
     plt = _pyplot()
     series = {
         (name, key): [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float)]
@@ -213,15 +218,21 @@ def plot_curves(
     series = {k: v for k, v in series.items() if v}
     if plt is None or not series:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    for (name, key), points in series.items():
-        steps, values = zip(*points, strict=True)
-        label = f"{name} {key}" if len(keys) > 1 else name
-        ax.plot(steps, values, marker="o" if len(points) < 20 else None, label=label)
-    ax.set_xlabel("step")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    drawn = list(dict.fromkeys(key for _, key in series)) if panels else [""]
+    fig, axes = plt.subplots(1, len(drawn), figsize=(max(6.4, 3.4 * len(drawn)), 3.6), dpi=100, squeeze=False)
+    for ax, panel in zip(axes[0], drawn, strict=True):
+        for (name, key), points in series.items():
+            if panels and key != panel:
+                continue
+            steps, values = zip(*points, strict=True)
+            label = name if panels or len(keys) == 1 else f"{name} {key}"
+            ax.plot(steps, values, marker="o" if len(points) < 20 else None, label=label)
+        ax.set_xlabel("step")
+        ax.set_title(panel or title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if panels:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -338,7 +349,10 @@ def full_report(paths: list[Path], allow_mismatch: bool = False, out: Path | Non
         }
         drawn = [
             (plot_curves(curves, LOSS_KEYS, where / f"{stem}-loss.png", "training/validation loss"), "loss"),
-            (plot_curves(curves, STEP_KEYS, where / f"{stem}-dev.png", "dev metrics over steps"), "dev"),
+            (
+                plot_curves(curves, STEP_KEYS, where / f"{stem}-dev.png", "dev metrics over steps", True),
+                "dev",
+            ),
             (plot_bars(bars, where / f"{stem}-bars.png", "side by side"), "bars"),
         ]
         if _pyplot() is None:
@@ -458,7 +472,7 @@ def recipe_report(recipe: Any, rows: list[dict[str, Any]], out: Path) -> str:
     }
     drawn = [
         (plot_curves(curves, LOSS_KEYS, plots / "loss.png", "training and validation loss"), "loss curves"),
-        (plot_curves(curves, STEP_KEYS, plots / "dev.png", "dev metrics over training steps"), "dev metrics"),
+        (plot_curves(curves, STEP_KEYS, plots / "dev.png", "dev metrics over steps", True), "dev metrics"),
         (plot_bars(bars, plots / "bars.png", "rows side by side (first evaluation)"), "before/after"),
     ]
     if any(p is not None for p, _ in drawn) or _pyplot() is None:
