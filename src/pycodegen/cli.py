@@ -318,24 +318,32 @@ Example: generate and score in one go, on the first 20 problems:
   pycodegen evaluate --model smollm2-135m-instruct --benchmark humaneval --limit 20 --out runs/eval/smollm2
 """
 
-REPORT_DOC = """Put several evaluation runs side by side.
+REPORT_DOC = """Put several evaluation runs (or a recipe's run directory) side by side.
 
 Runs whose run cards differ in problems, prompt mode or decoding are refused, or with --allow-mismatch
-compared under a warning.
+compared under a warning. Each run after the first is compared with it problem by problem (wins, losses,
+ties, exact sign test: "inside the noise" when p >= 0.05). With --out, PNG plots (loss curves, dev
+metrics over steps, bars) are written beside the markdown and embedded in it.
 
 \b
 Example:
   pycodegen report runs/eval/smollm2 runs/eval/finetuned --out comparison.md
+  pycodegen report runs/quickstart
 """
 
-RUN_DOC = """Run a recipe's stages in order (prepare → train → generate → evaluate), skipping finished ones.
+RUN_DOC = """Run a recipe: for each of its rows, prepare → train → generate → evaluate, then report.md.
 
-A stage is done when its marker under OUT/stages/ matches its settings; change a setting and only that
-stage and the ones after it run again.
+A stage is done when its marker under OUT/stages/ matches its settings and the content of its inputs
+(source, prepared data, checkpoint) and its outputs exist; change a setting or an input file and only
+that stage and the ones after it run again. An interrupted stage resumes (train from its checkpoint,
+evaluate from its verdicts). OUT/report.md has the table, paired comparisons and plots.
 
 \b
-Example: the quickstart (what `make quickstart` runs):
+Example: the quickstart (what `make quickstart` runs), and its seconds-long smoke scale:
   pycodegen run recipes/quickstart.yaml
+  pycodegen run recipes/quickstart.yaml --scale smoke --out runs/quickstart-smoke
+Example: Autocoder-style completion trained on your own repository:
+  pycodegen run recipes/autocoder-completion.yaml --source ~/src/myproject --out runs/mine
 """
 
 SEARCH_DOC = """Find the functions of a prepared corpus that best match a query (retrieval family).
