@@ -282,6 +282,7 @@ def quickstart_checks(runner: RecipeRun, log: str, out: Path) -> None:
     assert "| base |" in report and "| lora |" in report
     assert "lora vs base, 2 problems:" in report
     assert "use the trained model: pycodegen generate --model" in log
+    assert "## Time it took here" in report and "| train-lora |" in report
     base = json.loads((out / "eval-base" / "results.json").read_text())["run_card"]
     lora = json.loads((out / "eval-lora" / "results.json").read_text())["run_card"]
     assert base["prompt_mode"] == lora["prompt_mode"] == "chat"  # the same prompts before and after

@@ -210,8 +210,10 @@ class RecipeRun:
             return False
         self.console.rule(f"[bold]{self.recipe.name}: {name}")
         self.digest = digest
+        started = time.perf_counter()
         action(cfg)
-        write_json(marker, {"sha256": digest, "settings": settings, "inputs": seen})
+        seconds = round(time.perf_counter() - started, 2)
+        write_json(marker, {"sha256": digest, "settings": settings, "inputs": seen, "seconds": seconds})
         self.ran.append(name)
         return True
 
@@ -274,7 +276,24 @@ class RecipeRun:
         write_json(self.out / "rows.json", {"recipe": self.recipe.name, "rows": [r.to_dict() for r in rows]})
         text = recipe_report(self.recipe, [r.to_dict() for r in rows], self.out)
         text += "".join(f"\n{section}" for section in analyses(self.recipe.analyses, rows))
+        text += "\n" + self.stage_times()
         (self.out / "report.md").write_text(text, encoding="utf-8")
+
+    def stage_times(self) -> str:
+        """A markdown table of how long each finished stage took when it last ran (from its marker)."""
+        lines = ["## Time it took here", "", "| stage | seconds |", "|---|---|"]
+        total = 0.0
+        for marker in sorted(self.markers.glob("*.json"), key=lambda m: m.stat().st_mtime):
+            seconds = json.loads(marker.read_text()).get("seconds")
+            if marker.stem != "report" and isinstance(seconds, int | float):
+                lines.append(f"| {marker.stem} | {seconds:.1f} |")
+                total += seconds
+        lines += [
+            f"| total | {total:.1f} |",
+            "",
+            f"On {os.cpu_count()} CPU cores; each stage when it last ran.",
+        ]
+        return "\n".join(lines) + "\n"
 
     # -- the rows -------------------------------------------------------------------------------------
     def rows(self) -> dict[str, RecipeVariant]:
