@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pycodegen.errors import ConfigError
 
-Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream"]
+Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream", "problems"]
 Format = Literal[
     "auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"
 ]
@@ -123,10 +123,16 @@ class PrepareSplit(StrictModel):
 class PrepareTask(StrictModel):
     """Task view"""
 
-    task: Task = Field("docstring-to-body", description="Task view to build.")
+    task: Task = Field(
+        "docstring-to-body",
+        description="Task view to build (problems: doctested functions → verified HumanEval problems).",
+    )
     window: int = Field(256, ge=8, description="lm-windows: tokens per window (Autocoder: 256).")
     stride: int = Field(128, ge=1, description="lm-windows: tokens between window starts.")
     seq_len: int = Field(128, ge=2, description="char-stream: characters per sequence.")
+    verify_timeout: float = Field(
+        5.0, gt=0, description="problems: seconds per sandboxed run when verifying a mined problem."
+    )
     template: Template = Field(
         "hust", description="instruction: HUST template, the model's chat template, or plain."
     )
