@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "evaluate": {"generate", "models", "train.callbacks"},
     "serve": {"generate", "models"},
 }
-TOP = {"cli", "recipe", "__main__"}
+TOP = {"cli", "recipe", "selftrain", "__main__"}
 
 
 def room(module: str) -> str:

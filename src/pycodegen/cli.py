@@ -252,6 +252,12 @@ def run_main(cfg: Any) -> None:
     run_recipe(recipe, console, force=cfg.force)
 
 
+def self_train_main(cfg: Any) -> None:
+    from pycodegen.selftrain import run_self_train
+
+    run_self_train(cfg, console)
+
+
 def search_main(cfg: Any) -> None:
     from pycodegen.models.retrieval import search
 
@@ -346,6 +352,15 @@ Example: Autocoder-style completion trained on your own repository:
   pycodegen run recipes/autocoder-completion.yaml --source ~/src/myproject --out runs/mine
 """
 
+SELF_TRAIN_DOC = """Executor-verified self-training: sample solutions to pool problems, keep those the sandbox
+passes, fine-tune on them, and repeat while dev pass@1 improves.
+
+\b
+Example: MBPP train + problems mined from TheAlgorithms, 8 samples each, LoRA rounds of 10 minutes:
+  pycodegen prepare --source ../shared/data/thealgorithms-python --task problems --out runs/data/algo
+  pycodegen self-train --problems runs/data/algo/train.jsonl -n 8 --train-budget 10m --out runs/st
+"""
+
 SEARCH_DOC = """Find the functions of a prepared corpus that best match a query (retrieval family).
 
 \b
@@ -395,6 +410,7 @@ VERBS: dict[str, Verb] = {
     "serve": Verb(None, serve),
     "run": Verb("RunConfig", run_main, RUN_DOC),
     "report": Verb("ReportConfig", report_main, REPORT_DOC),
+    "self-train": Verb("SelfTrainConfig", self_train_main, SELF_TRAIN_DOC),
     "search": Verb("SearchConfig", search_main, SEARCH_DOC),
     "export": Verb("ExportConfig", export_main, EXPORT_DOC),
 }

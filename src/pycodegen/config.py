@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pycodegen.errors import ConfigError
 
-Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream"]
+Task = Literal["docstring-to-body", "instruction", "lm-windows", "char-stream", "problems"]
 Format = Literal[
     "auto", "python-tree", "codealpaca", "mbpp", "codesearchnet", "conala", "xlcost", "humaneval"
 ]
@@ -124,10 +124,16 @@ class PrepareSplit(StrictModel):
 class PrepareTask(StrictModel):
     """Task view"""
 
-    task: Task = Field("docstring-to-body", description="Task view to build.")
+    task: Task = Field(
+        "docstring-to-body",
+        description="Task view to build (problems: doctested functions → verified HumanEval problems).",
+    )
     window: int = Field(256, ge=8, description="lm-windows: tokens per window (Autocoder: 256).")
     stride: int = Field(128, ge=1, description="lm-windows: tokens between window starts.")
     seq_len: int = Field(128, ge=2, description="char-stream: characters per sequence.")
+    verify_timeout: float = Field(
+        5.0, gt=0, description="problems: seconds per sandboxed run when verifying a mined problem."
+    )
     template: Template = Field(
         "hust", description="instruction: HUST template, the model's chat template, or plain."
     )
@@ -223,6 +229,48 @@ class EvaluateConfig(SamplingConfig, ProblemSet, ExecutorConfig):
     max_new_tokens: int = Field(384, ge=1, description="Tokens generated per sample.")
     examples: bool = Field(True, description="Also run the prompt's >>> examples (filtered pass@1).")
     encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
+
+
+class SelfTrainConfig(SamplingConfig, ExecutorConfig):
+    """`pycodegen self-train`: rounds of sample → judge → keep what passed → fine-tune → dev pass@1."""
+
+    model: str = Field(
+        "smollm2-135m-instruct", description="The model to start from (zoo name or checkpoint)."
+    )
+    out: Path = Field(Path("runs/self-train"), description="Run directory: one folder per round.")
+    problems: list[Path] = Field(
+        [],
+        description="HumanEval-format problem files for the pool (`prepare --task problems`); repeatable.",
+    )
+    mbpp: bool = Field(True, description="Put MBPP's train split (374 problems) in the pool.")
+    dev: Path | None = Field(None, description="Dev problems (HumanEval format); default: MBPP validation.")
+    pool_limit: int | None = Field(None, ge=1, description="Only the first N pool problems (smoke runs).")
+    dev_limit: int | None = Field(None, ge=1, description="Only the first N dev problems (smoke runs).")
+    data: Path | None = Field(
+        None, description="An instruction dataset from `prepare` mixed into every round's training data."
+    )
+    rounds: int = Field(3, ge=1, description="Most rounds; stops earlier when dev pass@1 stops improving.")
+    n: int = short("-n", 8, "Samples per pool problem per round.", ge=1)
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature for the pool.")
+    max_new_tokens: int = Field(256, ge=1, description="Tokens generated per sample.")
+    keep_per_problem: int = Field(4, ge=1, description="Most kept (distinct) passing samples per problem.")
+    mode: Literal["full", "lora"] = Field("lora", description="How each round fine-tunes the start model.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate of each round's fine-tune.")
+    train_steps: int = Field(200, ge=1, description="Optimizer steps per round (or the round budget rules).")
+    train_batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    train_budget: str | None = Field(None, description="Time per round's fine-tune: 90s, 10m.")
+    budget: str | None = Field(
+        None, description="Stop cleanly after this long (rounds already run are kept)."
+    )
+
+    @field_validator("budget", "train_budget")
+    @classmethod
+    def _budgets(cls, value: str | None) -> str | None:
+        try:
+            parse_budget(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 # -- train ------------------------------------------------------------------------------------------------

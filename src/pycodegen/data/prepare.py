@@ -34,6 +34,7 @@ from pycodegen.data.decontaminate import (
 from pycodegen.data.dedup import deduplicate
 from pycodegen.data.formats import read_dataset
 from pycodegen.data.items import file_items, function_item, pair_item
+from pycodegen.data.problems import NOT_TOP_LEVEL, ModuleContext, problem_for, verify
 from pycodegen.data.python_tree import is_source_file, iter_source_files, scan_tree, stdlib_root
 from pycodegen.data.rewrite import rewritten_item
 from pycodegen.data.split import SPLITS, split_groups
@@ -56,6 +57,7 @@ class Preparer:
         self.console = console or default_console
         self.counts: Counter[str] = Counter()
         self.manifest: dict[str, Any] = {}
+        self.mined: dict[str, dict[str, Any]] = {}  # --task problems: task_id → problem
 
     def log(self, message: str) -> None:
         self.console.print(f"[bold cyan]prepare[/] {message}")
@@ -75,6 +77,8 @@ class Preparer:
             if cfg.format not in ("auto", "python-tree"):
                 raise ConfigError(f"--format {cfg.format} reads a dataset file, but {root} is a directory")
             return self._tree_items(root)
+        if cfg.task == "problems":
+            raise ConfigError(f"--task problems mines a source tree (a directory or a .py file), not {root}")
         if cfg.format == "python-tree":
             raise ConfigError(
                 f"--format python-tree needs a directory or a source file, but {root} is neither"
@@ -83,7 +87,7 @@ class Preparer:
 
     def _tree_items(self, root: Path) -> list[Item]:
         cfg = self.cfg
-        keep_text = cfg.task == "lm-windows"
+        keep_text = cfg.task in ("lm-windows", "problems")
         total = sum(1 for _ in iter_source_files(root, cfg.exclude))
         with progress("parsing", self.console, transient=True) as bars:
             bar = bars.add_task("files", total=total, status="")
@@ -117,7 +121,42 @@ class Preparer:
         )
         if cfg.task == "lm-windows":
             return file_items(scan.files, scan.functions)
+        if cfg.task == "problems":
+            return self._problem_items(scan.files, scan.functions)
         return self._keep([function_item(fn, cfg.task) for fn in scan.functions])
+
+    def _problem_items(self, files: list[Any], functions: list[Any]) -> list[Item]:
+        """Functions with doctest examples → candidate problems (verified in the sandbox later)."""
+        contexts = {f.path: ModuleContext.of(f.text) for f in files if f.lang == "python"}
+        made: list[Item | str] = []
+        for fn in functions:
+            ctx = contexts.get(fn.path)
+            problem = problem_for(fn, ctx) if ctx is not None else NOT_TOP_LEVEL
+            if isinstance(problem, str):
+                made.append(problem)
+                continue
+            self.mined[problem["task_id"]] = problem
+            made.append(Item(problem["task_id"], fn.group, fn.source, "", "python", fn, {fn.signature_key}))
+        return self._keep(made)
+
+    def verify_problems(self, items: list[Item]) -> list[Item]:
+        """Keep the problems whose original passes its own test and whose test is not trivial."""
+        from pycodegen.sandbox.executor import Executor
+
+        problems = [self.mined[it.id] for it in items]
+        self.log(f"verifying {plural(len(problems), 'problem')} in the sandbox (original passes, stub fails)")
+        with progress("verifying", self.console, transient=True) as bars:
+            bar = bars.add_task("problems", total=2 * len(problems), status="")
+            with Executor(workers=self.cfg.workers, timeout=self.cfg.verify_timeout) as executor:
+                kept, counts = verify(problems, executor, lambda n: bars.advance(bar, n))
+                self.manifest["sandbox"] = executor.describe()
+        self.counts.update(counts)
+        ids = {p["task_id"] for p in kept}
+        self.log(
+            f"verified: kept {plural(len(kept), 'problem')}; "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()))
+        )
+        return [it for it in items if it.id in ids]
 
     def _keep(self, made: list[Item | str]) -> list[Item]:
         """The items made; a string in their place is the reason a record gave none, counted."""
@@ -283,6 +322,8 @@ class Preparer:
         cfg = self.cfg
         if cfg.task == "docstring-to-body":
             return [docstring_row(it) for it in split_items]
+        if cfg.task == "problems":
+            return [self.mined[it.id] for it in split_items]
         if cfg.task == "instruction":
             return [instruction_row(it, cfg.template, tokenizer) for it in split_items]
         if cfg.task == "char-stream":
@@ -336,6 +377,8 @@ class Preparer:
             "dedup": c["after_clean"] - c["after_dedup"],
             "decontamination": c["after_dedup"] - c["after_decontamination"],
         }
+        if "after_verification" in c:
+            stages["sandbox verification"] = c["after_decontamination"] - c["after_verification"]
         why = ", ".join(f"{stage} {n}" for stage, n in stages.items() if n)
         raise DataError(
             f"{where}: all {plural(c['items'], 'record')} were dropped ({why}); nothing is left to split"
@@ -389,6 +432,10 @@ class Preparer:
         items = self.decontaminate(items)
         self.counts["after_decontamination"] = len(items)
         self.check_not_empty(items)
+        if cfg.task == "problems":
+            items = self.verify_problems(items)
+            self.counts["after_verification"] = len(items)
+            self.check_not_empty(items)
 
         assignment = split_groups((it.group for it in items), cfg.valid_fraction, cfg.test_fraction, cfg.seed)
         by_split: dict[str, list[Item]] = {s: [] for s in SPLITS}
