@@ -333,20 +333,19 @@ class Preparer:
     def fim_window(self, row: dict[str, Any], tokenizer: Any) -> None:
         """Rewrite one window in place for fill-in-the-middle (PSM or SPM, at the fim rate): its text,
         without the control token and EOS, is cut at two character positions and re-tokenised part by
-        part (pycodegen.data.fim). The control token stays first; EOS always ends a FIM row, so a FIM row
-        may be a few tokens longer than --window."""
+        part (pycodegen.data.fim). A FIM row is exactly StarCoder's format, the prompt an editor's request
+        becomes (generate/fim.py): no control token in front, EOS after the middle; so it may be a few
+        tokens longer than --window."""
         rng = fim_rng(self.cfg.seed, row["id"])
         mode = fim_choice(rng, self.cfg.fim_rate, self.cfg.fim_spm_rate)
-        ids = row["input_ids"]
-        head = ids[:1] if row["start"] == 0 else []  # the language control token
-        body = ids[len(head) :]
+        body = row["input_ids"][1:] if row["start"] == 0 else row["input_ids"]  # the control token
         if body and body[-1] == tokenizer.eos_token_id:
             body = body[:-1]
         text = tokenizer.decode(body, clean_up_tokenization_spaces=False)
         if mode is None or not text:
             self.counts["fim_plain_windows"] += 1
             return
-        row["input_ids"] = head + fim_ids(tokenizer, mode, *fim_split(text, rng))
+        row["input_ids"] = fim_ids(tokenizer, mode, *fim_split(text, rng))
         row["fim"] = mode
         self.counts[f"fim_{mode}_windows"] += 1
 
