@@ -229,6 +229,12 @@ def test_lora_saves_the_added_sentinels(toy: Path, tmp_path: Path) -> None:
     assert min(fim_ids) >= len(base_tok)  # added, past the base vocabulary
     loaded = model.get_input_embeddings()(torch.tensor(fim_ids))
     assert torch.equal(loaded, rows_saved.to(loaded.dtype))
-    model.disable_adapter_layers()  # the rows as the resize drew them, before training
-    resized = model.get_input_embeddings()(torch.tensor(fim_ids))
+    with model.disable_adapter():  # the rows as the resize drew them, before training
+        resized = model.get_input_embeddings()(torch.tensor(fim_ids))
     assert not torch.allclose(loaded, resized)
+    from pycodegen.train.export import export
+
+    merged = export(final, tmp_path / "merged")  # LoRA merged: the trained rows and the card's FIM record
+    assert json.loads((merged / "pycodegen.json").read_text())["fim"]["modes"] == ["psm", "spm"]
+    plain, _ = load_causal_lm(str(merged))
+    assert torch.equal(plain.get_input_embeddings()(torch.tensor(fim_ids)), loaded)

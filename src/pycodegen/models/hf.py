@@ -215,6 +215,8 @@ class HFCausalFamily(HFFamily):
         self.model, self.tokenizer = load_causal_lm(str(directory))  # a LoRA checkpoint: a PeftModel
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if card.get("fim"):  # kept in the card of what is saved from here (`pycodegen export`)
+            self.manifest = {**self.manifest, "fim": card["fim"]}
 
     def fim_record(self) -> dict[str, Any] | None:
         """The card's FIM record: the sentinels by role, the modes and rate the dataset was prepared with
