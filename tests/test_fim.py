@@ -115,6 +115,18 @@ def test_rows_are_the_windows_rewritten(toy: Path, fim_data: Path) -> None:
     assert any(first[k] != second[k] for k in first.keys() & second.keys())
 
 
+def test_sentinels_are_reused_where_the_tokenizer_has_them(fim_data: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from pycodegen.data.tokenizers import with_fim_tokens
+
+    tok = AutoTokenizer.from_pretrained(fim_data / "tokenizer")  # a FIM tokenizer, as StarCoder's
+    before = {t: tok.convert_tokens_to_ids(t) for t in FIM_TOKENS.values()}
+    size = len(tok)
+    assert with_fim_tokens(tok) == [] and len(tok) == size
+    assert {t: tok.convert_tokens_to_ids(t) for t in FIM_TOKENS.values()} == before
+
+
 def test_rate_zero_leaves_the_data_unchanged(toy: Path) -> None:
     plain = prepared(toy, "plain")
     zero = prepared(toy, "zero", fim_rate=0.0, fim_spm_rate=1.0)
