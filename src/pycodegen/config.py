@@ -140,6 +140,16 @@ class PrepareTask(StrictModel):
     tokenizer: str | None = Field(None, description="Zoo name or local tokenizer dir (lm-windows, chat).")
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the train split.")
     vocab_size: int = Field(8192, ge=300, description="Vocabulary size of the trained BPE.")
+    fim_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="lm-windows: share of windows rewritten for fill-in-the-middle (StarCoder: 0.5); "
+        "0 = plain left-to-right windows.",
+    )
+    fim_spm_rate: float = Field(
+        0.5, ge=0, le=1, description="lm-windows: share of FIM windows in SPM order (the rest PSM)."
+    )
 
 
 class PrepareConfig(PrepareSource, PrepareCleaning, PrepareSplit, PrepareTask):

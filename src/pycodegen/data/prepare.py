@@ -32,6 +32,7 @@ from pycodegen.data.decontaminate import (
     load_mbpp_test,
 )
 from pycodegen.data.dedup import deduplicate
+from pycodegen.data.fim import fim_choice, fim_ids, fim_record, fim_rng, fim_split
 from pycodegen.data.formats import read_dataset
 from pycodegen.data.items import file_items, function_item, pair_item
 from pycodegen.data.problems import NOT_TOP_LEVEL, ModuleContext, problem_for, verify
@@ -39,7 +40,13 @@ from pycodegen.data.python_tree import is_source_file, iter_source_files, scan_t
 from pycodegen.data.rewrite import rewritten_item
 from pycodegen.data.split import SPLITS, split_groups
 from pycodegen.data.tasks import Item, char_chunks, docstring_row, instruction_row, window_starts
-from pycodegen.data.tokenizers import CharVocab, control_token, train_bpe, with_control_tokens
+from pycodegen.data.tokenizers import (
+    CharVocab,
+    control_token,
+    train_bpe,
+    with_control_tokens,
+    with_fim_tokens,
+)
 from pycodegen.errors import ConfigError, DataError
 from pycodegen.jsonl import write_jsonl
 
@@ -295,6 +302,13 @@ class Preparer:
 
     # -- views ----------------------------------------------------------------------------------------
     def tokenizer(self, train_items: list[Item]) -> Any | None:
+        tok = self._tokenizer(train_items)
+        record = fim_record(self.cfg.fim_rate, self.cfg.fim_spm_rate)
+        if record is not None:  # FIM sentinels: added where the tokenizer lacks them
+            self.manifest["fim"] = {**record, "level": "character, per window", "added": with_fim_tokens(tok)}
+        return tok
+
+    def _tokenizer(self, train_items: list[Item]) -> Any | None:
         cfg = self.cfg
         needs = (
             cfg.task == "lm-windows"
@@ -344,17 +358,37 @@ class Preparer:
         for it, ids in zip(split_items, encoded, strict=True):
             seq = [tokenizer.convert_tokens_to_ids(control_token(it.lang)), *ids, eos]
             for k, start in enumerate(window_starts(len(seq), cfg.window, cfg.stride)):
-                rows.append(
-                    {
-                        "id": f"{it.id}#{k}",
-                        "path": it.id,
-                        "lang": it.lang,
-                        "start": start,
-                        "input_ids": seq[start : start + cfg.window],
-                    }
-                )
+                row = {
+                    "id": f"{it.id}#{k}",
+                    "path": it.id,
+                    "lang": it.lang,
+                    "start": start,
+                    "input_ids": seq[start : start + cfg.window],
+                }
+                if cfg.fim_rate > 0:
+                    self.fim_window(row, tokenizer)
+                rows.append(row)
             self.counts["tokens"] += len(seq)
         return rows
+
+    def fim_window(self, row: dict[str, Any], tokenizer: Any) -> None:
+        """Rewrite one window in place for fill-in-the-middle (PSM or SPM, at the fim rate): its text,
+        without the control token and EOS, is cut at two character positions and re-tokenised part by
+        part (pycodegen.data.fim). A FIM row is exactly StarCoder's format, the prompt an editor's request
+        becomes (generate/fim.py): no control token in front, EOS after the middle; so it may be a few
+        tokens longer than --window."""
+        rng = fim_rng(self.cfg.seed, row["id"])
+        mode = fim_choice(rng, self.cfg.fim_rate, self.cfg.fim_spm_rate)
+        body = row["input_ids"][1:] if row["start"] == 0 else row["input_ids"]  # the control token
+        if body and body[-1] == tokenizer.eos_token_id:
+            body = body[:-1]
+        text = tokenizer.decode(body, clean_up_tokenization_spaces=False)
+        if mode is None or not text:
+            self.counts["fim_plain_windows"] += 1
+            return
+        row["input_ids"] = fim_ids(tokenizer, mode, *fim_split(text, rng))
+        row["fim"] = mode
+        self.counts[f"fim_{mode}_windows"] += 1
 
     # -- the whole run --------------------------------------------------------------------------------
     def check_not_empty(self, items: list[Item]) -> None:
@@ -421,6 +455,8 @@ class Preparer:
             raise ConfigError(f"{out} exists and is not a pycodegen dataset directory; choose an empty --out")
         if cfg.valid_fraction + cfg.test_fraction >= 1:
             raise ConfigError("valid_fraction + test_fraction must be below 1")
+        if cfg.fim_rate > 0 and cfg.task != "lm-windows":
+            raise ConfigError(f"--fim-rate rewrites lm-windows rows; --task {cfg.task} has none (use 0)")
         started = time.perf_counter()
         items = self.load_items()
         self.counts["items"] = len(items)

@@ -13,6 +13,14 @@ from pycodegen.data.python_tree import LANGUAGES
 EOS = "<|endoftext|>"
 PAD = "<pad>"
 CONTROL_TOKENS = [f"<{lang}>" for lang in sorted(set(LANGUAGES.values()))]
+# StarCoder's fill-in-the-middle sentinels by role (pycodegen.data.fim); `pad` is declared, as StarCoder's
+# tokenizer does, so that FIM tokenizers are interchangeable, though pycodegen's rows never need it.
+FIM_TOKENS = {
+    "prefix": "<fim_prefix>",
+    "middle": "<fim_middle>",
+    "suffix": "<fim_suffix>",
+    "pad": "<fim_pad>",
+}
 
 
 def control_token(lang: str) -> str:
@@ -50,6 +58,17 @@ def with_control_tokens(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def with_fim_tokens(tokenizer: Any) -> list[str]:
+    """Add the FIM sentinels the tokenizer lacks (as special tokens: never split, skipped when decoding
+    with skip_special_tokens); a tokenizer that already has them (a StarCoder-style vocabulary) keeps
+    its own. Returns the tokens added."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in FIM_TOKENS.values() if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return missing
 
 
 class CharVocab:

@@ -176,6 +176,10 @@ class Family:
     def describe(self) -> dict[str, Any]:
         return {"family": self.name}
 
+    def lora_options(self) -> dict[str, Any]:
+        """Extra PEFT LoraConfig settings this family's data needs (e.g. trainable token rows)."""
+        return {}
+
 
 def is_adapter(model: torch.nn.Module) -> bool:
     """Whether `model` is a PEFT model (LoRA adapters over a base)."""

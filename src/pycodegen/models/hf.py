@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from pycodegen.data.tokenizers import FIM_TOKENS
 from pycodegen.errors import ConfigError
 from pycodegen.models.family import BASE_DIR, Family, check_model_args, is_adapter, pad_field
 from pycodegen.models.losses import linear_cross_entropy
@@ -214,6 +215,29 @@ class HFCausalFamily(HFFamily):
         self.model, self.tokenizer = load_causal_lm(str(directory))  # a LoRA checkpoint: a PeftModel
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if card.get("fim"):  # kept in the card of what is saved from here (`pycodegen export`)
+            self.manifest = {**self.manifest, "fim": card["fim"]}
+
+    def fim_record(self) -> dict[str, Any] | None:
+        """The card's FIM record: the sentinels by role, the modes and rate the dataset was prepared with
+        (`prepare --fim-rate`); None for a model not trained for fill-in-the-middle."""
+        fim = self.manifest.get("fim")
+        if not fim:
+            return None
+        return {k: fim[k] for k in ("tokens", "modes", "rate", "spm_rate") if k in fim}
+
+    def card(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {**super().card(model), "fim": self.fim_record()}
+
+    def lora_options(self) -> dict[str, Any]:
+        """On FIM data, the sentinels' embedding rows train beside the adapters and are saved with them
+        (PEFT's trainable tokens; an output layer tied to the embedding follows): rows a resize added
+        would otherwise stay random, and the sentinels carry the whole FIM format."""
+        if self.fim_record() is None:
+            return {}
+        return {
+            "trainable_token_indices": [self.tokenizer.convert_tokens_to_ids(t) for t in FIM_TOKENS.values()]
+        }
 
     @property
     def lora_targets(self) -> list[str]:  # type: ignore[override]

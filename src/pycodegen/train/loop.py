@@ -81,7 +81,11 @@ def apply_mode(cfg: TrainConfig, family: Family, model: torch.nn.Module) -> torc
         model = get_peft_model(
             model,
             LoraConfig(
-                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                **family.lora_options(),
             ),
         )
     for name, param in model.named_parameters():
