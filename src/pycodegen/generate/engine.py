@@ -90,6 +90,23 @@ class Completion:
     finish_reason: str
 
 
+def decode_params(
+    sampling: Any, stop: list[str] | None = None, stop_after_code_block: bool = False
+) -> DecodeParams:
+    """DecodeParams from a SamplingConfig (generate, evaluate --model): every prompt uses the run's seed,
+    its n choices seeds derived from it."""
+    return DecodeParams(
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        top_k=getattr(sampling, "top_k", 0),  # GenerateConfig has it; EvaluateConfig does not
+        n=sampling.n,
+        seed=sampling.seed,
+        stop=list(stop or []),
+        stop_after_code_block=stop_after_code_block,
+    )
+
+
 def pick_dtype(dtype: str, device: torch.device) -> str:
     """The concrete dtype for `auto`: bf16 on CUDA and on CPUs with AMX (bf16 matrix units), else fp32
     (AVX-512 without AMX runs bf16 matmuls slower than fp32)."""
