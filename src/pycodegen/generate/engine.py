@@ -67,6 +67,7 @@ class DecodeParams:
     beams: int = 1  # beam search (seq2seq families); n <= beams
     # End a choice once its first fenced code block has closed (chat models: what follows is prose).
     stop_after_code_block: bool = False
+    ignore_eos: bool = False  # decode past end-of-sequence (benchmarks: a fixed number of tokens)
 
 
 @dataclass
@@ -729,7 +730,7 @@ class Engine:
         assert isinstance(backend, StepBackend)
         p = choice.stream.params
         finish = None
-        if token in backend.eos_ids:
+        if token in backend.eos_ids and not p.ignore_eos:
             finish = "stop"  # the end-of-sequence token is not part of the completion
         else:
             choice.ids.append(token)
