@@ -34,9 +34,14 @@ TASKS = [
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of weights read per decoded token: every parameter and buffer once (tied weights once);
-    quantized Linear layers count their packed int8 weights."""
-    seen, total = set(), 0
+    """Bytes of weights read per decoded token: every parameter and buffer once (tied weights once, input
+    embeddings not: one row each), quantized Linear layers their packed int8 weights."""
+    head = model.get_output_embeddings()
+    head_weight = getattr(head, "weight", None)
+    tied = head_weight.data_ptr() if isinstance(head_weight, torch.Tensor) else None
+    # An input embedding is read one row per token, unless it is also the output layer (tied)
+    seen = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)} - {tied}
+    total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.data_ptr() not in seen:
             seen.add(tensor.data_ptr())
