@@ -20,8 +20,9 @@ generator for the whole batch (no per-request seeds, so a sample depends on its 
 strings, no top-k log-probabilities, and a paged-attention cache sized for GPUs; measured on this
 2-core CPU (bench/engine_bench.py, 1 thread, README "Measured · Engine") it was also much slower: 1.1
 tok/s single stream and 20.3 tok/s for 8 requests, against this loop's 15.2 and 50.7 (plain `generate()`
-17.8; fp32 weights are 538 MB per token, which bounds any fp32 decoder near 18 tok/s here; int8: 27.5). Levers measured there: logits of the last position only (`logits_to_keep=1`), calling the
-model's forward directly (no `generate()` per-call set-up), int8 dynamic quantization of Linear layers
+17.8; fp32 weights are 538 MB per token, which bounds any fp32 decoder near 18 tok/s here; int8: 27.5).
+Levers measured there: logits of the last position only (`logits_to_keep=1`), calling the model's
+forward directly (no `generate()` per-call set-up), int8 dynamic quantization of Linear layers
 (`dtype="int8"`, CPU; changes the text slightly, and since activations are quantized with one scale per
 batch, an int8 row's greedy text can depend on its batch-mates), bf16 (only where the CPU has AMX, or on
 CUDA), and for Llama-architecture models a decode step through the model's own modules without
