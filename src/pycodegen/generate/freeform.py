@@ -81,7 +81,7 @@ def generate_freeform(
     out = stdout or sys.stdout
     started = time.perf_counter()
     console.print(f"[bold cyan]generate[/] loading {cfg.model}")
-    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.batch_size)
+    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.batch_size, threads=cfg.threads)
     mode = engine.prompt_mode(cfg.prompt_mode)
     formatted = [engine.format_prompt(p, mode) for p in prompts]
     loaded = time.perf_counter()

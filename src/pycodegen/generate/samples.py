@@ -80,7 +80,10 @@ def generate_samples(
     the file keeps and that rerunning resumes."""
     from pycodegen.generate.engine import Engine, decode_params
 
-    engine = engine or Engine.load(model_ref, dtype=getattr(sampling, "dtype", "auto"))
+    # GenerateConfig has dtype and threads; EvaluateConfig (evaluate --model) keeps the defaults.
+    engine = engine or Engine.load(
+        model_ref, dtype=getattr(sampling, "dtype", "auto"), threads=getattr(sampling, "threads", None)
+    )
     engine.max_batch = sampling.batch_size
     mode = engine.prompt_mode(sampling.prompt_mode)
     n, temperature = sampling.n, sampling.temperature
