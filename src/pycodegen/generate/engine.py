@@ -565,15 +565,20 @@ class Engine:
             return "raw" if mode == "auto" else mode
         return resolve_prompt_mode(self.tokenizer, mode, self.name)
 
-    def fim_prompt(self, prefix: str, suffix: str) -> str:
-        """The fill-in-the-middle prompt for a model trained for it (its card's FIM record)."""
-        if not self.fim:
-            raise FimUnsupported(f"{self.name} was not trained for fill-in-the-middle")
+    def fim_prompt(self, prefix: str, suffix: str, mode: str = "psm") -> str:
+        """The fill-in-the-middle prompt (PSM or SPM) for a model trained for it: its checkpoint card's FIM
+        record, or a tokenizer with StarCoder's sentinels (`generate.fim`); FimUnsupported otherwise."""
         try:
             from pycodegen.generate import fim  # type: ignore[attr-defined]
-        except ImportError:
-            raise FimUnsupported("this pycodegen has no fill-in-the-middle prompts yet") from None
-        return fim.fim_prompt(self.fim, prefix, suffix)
+        except ImportError:  # a pycodegen without FIM prompts: no model here does FIM
+            raise FimUnsupported("this model was not trained for fill-in-the-middle") from None
+        source = self.card if self.card is not None and self.card.get("fim") else self.tokenizer
+        if isinstance(self.backend, CharRNNBackend):
+            source = None  # characters: no sentinel tokens
+        try:
+            return fim.fim_prompt(source, prefix, suffix, mode)
+        except fim.FimUnsupported as exc:  # one exception class for callers: the engine's
+            raise FimUnsupported(str(exc)) from None
 
     # -- requests -----------------------------------------------------------------------------------------
     def submit(
