@@ -561,8 +561,10 @@ class Engine:
         """The concrete prompt mode for `mode` (auto: the checkpoint's, else chat if templated, else raw)."""
         from pycodegen.generate.decoding import resolve_prompt_mode
 
-        if self.family == "char-rnn":
-            return "raw" if mode == "auto" else mode
+        if self.family == "char-rnn":  # characters in, characters out: no templates
+            if mode not in ("auto", "raw"):
+                raise EngineError(f"a char-rnn model takes raw prompts, not prompt mode {mode!r}")
+            return "raw"
         return resolve_prompt_mode(self.tokenizer, mode, self.name)
 
     def fim_prompt(self, prefix: str, suffix: str, mode: str = "psm") -> str:
