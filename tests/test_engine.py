@@ -257,6 +257,8 @@ def test_every_family_generates_from_its_checkpoint_directory(
         assert done[0][0].text == fam.generate(loaded, [prompt], 6, beams=2)[0]
     elif family == "char-rnn":
         assert done[0][0].text == fam.generate(loaded, [prompt], 6)[0]
+        with pytest.raises(EngineError, match="takes raw prompts, not prompt mode 'chat'"):
+            engine.prompt_mode("chat")
     else:
         assert is_adapter(engine.model)  # LoRA applied without merging: still a PEFT model
         expected = engine.tokenizer.decode(done[0][0].token_ids)
