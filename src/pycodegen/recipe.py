@@ -40,11 +40,8 @@ from pycodegen.errors import ConfigError
 from pycodegen.jsonl import write_json
 
 NOT_BUILT = {"serve": "serving"}
-GENERATING_FAMILY = "hf-causal"  # the family generate/evaluate load today; the others wait for the engine
-WAITS_FOR_ENGINE = (
-    "waits for the generation engine (generate/engine.py): generate/evaluate cannot load {family} "
-    "checkpoints yet"
-)
+NON_GENERATING = {"retrieval"}  # scored by MRR on its own validation split; it writes no code
+WAITS_FOR_ENGINE = "is skipped: a {family} checkpoint ranks code, it does not write it (see its valid_mrr)"
 
 
 def _sha256(payload: object) -> str:
@@ -373,15 +370,14 @@ class RecipeRun:
 
     @staticmethod
     def waits_for_engine(model: str | None) -> str | None:
-        """Why a model cannot be generated from yet (a checkpoint of a family other than hf-causal), or
-        None when generate/evaluate can load it."""
+        """Why a model cannot be generated from (a retrieval checkpoint), or None when the engine loads it."""
         from pycodegen.zoo import checkpoint_card
 
         if model is None or not Path(model).is_dir():
             return None
         card = checkpoint_card(Path(model)) or {}
-        family = card.get("family", GENERATING_FAMILY)
-        return None if family == GENERATING_FAMILY else WAITS_FOR_ENGINE.format(family=family)
+        family = card.get("family")
+        return WAITS_FOR_ENGINE.format(family=family) if family in NON_GENERATING else None
 
     def run(self) -> list[str]:
         """Every row's stages in flow order, then the report; returns the names of the stages that ran."""

@@ -212,9 +212,8 @@ def load_causal_lm(ref: str, dtype: str = "float32", quantization: Any = None) -
     card = checkpoint_card(path) if path.is_dir() else None
     if card is not None and card["family"] != CAUSAL_FAMILY:
         raise ModelNotFoundError(
-            f"{ref} is a {card['family']} checkpoint; generate/evaluate use hf-causal models (zoo names, "
-            "HF directories, .gguf files, hf-causal checkpoints) until the decoding engine serves every "
-            "family"
+            f"{ref} is a {card['family']} checkpoint, not a causal language model; load it with "
+            "pycodegen.generate.engine.Engine.load (generate, evaluate and serve do)"
         )
     if card is not None and card.get("adapter"):
         return _load_adapter(path, card, dtype, quantization)
