@@ -171,7 +171,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 def sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(",", ":"))}\n\n"
+    """One server-sent event (compact JSON: a stream sends one per token)."""
+    return "data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n\n"
 
 
 def _ended_badly(events: dict[int, list[Event]]) -> None:
