@@ -195,6 +195,19 @@ class GenerateConfig(SamplingConfig, ProblemSet):
         None, description="JSONL file for the samples (needed with --benchmark/--problems)."
     )
     overwrite: bool = Field(False, description="Replace an existing free-prompt --out file.")
+    input: str | None = Field(
+        None, description="File of prompts: one per line, or JSONL with a 'prompt' field; '-' = stdin."
+    )
+    format: Literal["text", "jsonl"] = Field(
+        "text", description="Free prompts: completions on stdout as plain text, or one JSON row each."
+    )
+    stop: list[str] = Field(default_factory=list, description="Stop string (not returned); repeatable.")
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens only; 0 = off.")
+    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="Decoding dtype: auto = bf16 on CUDA and AMX CPUs, else fp32; int8 = dynamic "
+        "quantization of Linear layers (CPU).",
+    )
 
     @model_validator(mode="after")
     def _benchmark_needs_out(self) -> GenerateConfig:
@@ -447,8 +460,9 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
     ...     parse_config(GenerateConfig, {"temprature": 0.5})
     ... except ConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
-    config: unknown key 'temprature'; valid keys: batch_size, benchmark, limit, max_new_tokens, model, n,
-    out, overwrite, problems, prompt, prompt_mode, seed, temperature, top_p
+    config: unknown key 'temprature'; valid keys: batch_size, benchmark, dtype, format, input, limit,
+    max_new_tokens, model, n, out, overwrite, problems, prompt, prompt_mode, seed, stop, temperature, top_k,
+    top_p
     """
     try:
         return cls.model_validate(data)

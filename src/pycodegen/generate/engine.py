@@ -1,0 +1,838 @@
+"""The one decoding engine: requests of different lengths and settings decoded together step by step with
+a KV cache, joining and leaving the running batch (continuous batching), for every model family.
+
+`Engine.load(ref)` takes any model reference (zoo name, HF causal or seq2seq directory, .gguf file, a
+pycodegen checkpoint of any family, LoRA adapters applied without merging). `generate`, `evaluate
+--model`, dev evaluation and `serve` all decode through it; it knows no HTTP.
+
+How a step works (HF causal models): the running rows share one left-padded KV cache (transformers'
+DynamicCache; each row's padding is masked and its position ids count only its own tokens). A request
+that joins is prefilled alone (batch 1, logits of the last position only) and its cache is padded and
+concatenated onto the batch's; a row that finishes or is cancelled is dropped from the cache, and columns
+that are padding in every remaining row are trimmed. Each step then feeds every row's last token at
+once. Sampling is per row with the request's own seeded `torch.Generator`, so a seeded request samples
+the same text whatever else is in the batch. The char-RNN runs the same loop over its recurrent state;
+the encoder-decoders (hf-seq2seq, the from-scratch seq2seq) decode a request whole with their beam search.
+
+Why our own loop and not transformers' continuous batching (`generate_batch`, `init_continuous_batching`
+in transformers 5.24): its manager has per-request temperature/top-p and cancellation, but one sampling
+generator for the whole batch (no per-request seeds, so a sample depends on its batch-mates), no stop
+strings, no top-k log-probabilities, and a paged-attention cache sized for GPUs; measured on this
+2-core CPU (bench/engine_bench.py, figures in the README's "Measured · Engine") it was also slower than
+this loop. Levers measured there: logits of the last position only (`logits_to_keep=1`), calling the
+model's forward directly (no `generate()` per-call set-up), int8 dynamic quantization of Linear layers
+(`dtype="int8"`, CPU; changes the text slightly), bf16 (only where the CPU has AMX, or on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pycodegen.errors import PycodegenError
+from pycodegen.generate.postprocess import code_block_end
+
+DTYPES = ("auto", "fp32", "bf16", "int8")
+
+
+class EngineError(PycodegenError):
+    """A request the engine cannot serve (prompt too long, settings the model's family lacks, ...)."""
+
+
+class FimUnsupported(EngineError):
+    """A fill-in-the-middle request for a model that was not trained for it."""
+
+
+@dataclass
+class DecodeParams:
+    """How one request is decoded."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    n: int = 1  # choices for this request
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings; the stop text is not returned
+    logprobs: int | None = None  # None = none; k = the chosen token's logprob + top-k alternatives
+    beams: int = 1  # beam search (seq2seq families); n <= beams
+    # End a choice once its first fenced code block has closed (chat models: what follows is prose).
+    stop_after_code_block: bool = False
+
+
+@dataclass
+class Event:
+    """New output of one choice of a request, delivered in order."""
+
+    index: int  # which of the n choices
+    text: str  # new text since the previous event for this choice (may be "")
+    token_ids: list[int]
+    logprobs: list[dict[str, Any]] | None  # per token: {"token", "logprob", "top": {token: logprob}}
+    finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" | "error" at the end
+
+
+@dataclass
+class Completion:
+    """One finished choice."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[str, Any]] | None
+    finish_reason: str
+
+
+def pick_dtype(dtype: str, device: torch.device) -> str:
+    """The concrete dtype for `auto`: bf16 on CUDA and on CPUs with AMX (bf16 matrix units), else fp32
+    (AVX-512 without AMX runs bf16 matmuls slower than fp32)."""
+    if dtype not in DTYPES:
+        raise EngineError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if has_amx() else "fp32"
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and "amx_bf16" in line for line in fh)
+    except OSError:
+        return False
+
+
+# -- backends: how one model family turns token ids into next-token logits --------------------------------
+class StepBackend:
+    """A model decoded one token per step over a batch of rows with per-row state (a KV cache or an RNN
+    state). `prefill` runs one new sequence alone; `merge`, `select` and `step` work on batch states."""
+
+    eos_ids: set[int]
+    max_len: int | None = None  # the model's context (prompt + generated), None = unbounded
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, Any]:
+        """Logits after the prompt (1, V) and the state of a one-row batch."""
+        raise NotImplementedError
+
+    def step(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Feed one token per row (B,); the next logits (B, V) and the new state."""
+        raise NotImplementedError
+
+    def select(self, state: Any, rows: list[int]) -> Any:
+        """The state of the given rows only (a row may repeat: n choices of one prompt)."""
+        raise NotImplementedError
+
+    def merge(self, state: Any, other: Any) -> Any:
+        """One state holding the rows of `state` then those of `other`."""
+        raise NotImplementedError
+
+
+@dataclass
+class _KV:
+    """A batch's shared, left-padded KV cache: `mask` (B, L) is 1 where a row has a token; `lengths` are
+    each row's own token counts (its next position id)."""
+
+    cache: Any
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
+class CausalBackend(StepBackend):
+    """A transformers decoder-only model (a PeftModel with unmerged LoRA adapters included)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        config = model.config
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_list = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in [*eos_list, tokenizer.eos_token_id] if e is not None}
+        self.max_len = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.start_id = int(start) if start is not None else 0
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _forward(self, ids: torch.Tensor, kv: _KV, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=kv.mask,
+            position_ids=positions,
+            cache=kv.cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prompt's other positions' logits are never needed
+        )
+        return out.logits[:, -1].float()  # (B, V)
+
+    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, _KV]:
+        from transformers import DynamicCache
+
+        ids = ids or [self.start_id]  # an empty prompt starts from BOS
+        tokens = torch.tensor([ids], device=self.device)  # (1, T)
+        kv = _KV(
+            DynamicCache(config=self.model.config),
+            torch.ones_like(tokens),
+            torch.tensor([len(ids)], device=self.device),
+        )
+        logits = self._forward(tokens, kv, torch.arange(len(ids), device=self.device)[None])
+        return logits, kv
+
+    def step(self, state: _KV, tokens: torch.Tensor) -> tuple[torch.Tensor, _KV]:
+        state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)  # (B, L+1)
+        logits = self._forward(tokens[:, None].to(self.device), state, state.lengths[:, None])
+        state.lengths = state.lengths + 1
+        return logits, state
+
+    def select(self, state: _KV, rows: list[int]) -> _KV:
+        index = torch.tensor(rows, device=self.device)
+        lengths = state.lengths[index]
+        # Columns that are padding in every remaining row are dropped (the batch's longest row left).
+        drop = int(state.mask.shape[1] - int(lengths.max()))
+        for layer in state.cache.layers:
+            layer.keys = layer.keys[index, :, drop:]
+            layer.values = layer.values[index, :, drop:]
+        return _KV(state.cache, state.mask[index, drop:], lengths)
+
+    def merge(self, state: _KV, other: _KV) -> _KV:
+        width = max(state.mask.shape[1], other.mask.shape[1])
+
+        def left_pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - x.shape[dim]
+            if missing == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = missing
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for mine, theirs in zip(state.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)])
+            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)])
+        mask = torch.cat([left_pad(state.mask, 1), left_pad(other.mask, 1)])
+        return _KV(state.cache, mask, torch.cat([state.lengths, other.lengths]))
+
+
+class CharRNNBackend(StepBackend):
+    """The char-RNN: characters are tokens, the recurrent state is the cache ((layers, B, C) tensors)."""
+
+    EOS = 2  # CharVocab's <eos>
+
+    def __init__(self, model: Any, vocab: Any) -> None:
+        self.model, self.vocab = model, vocab
+        self.eos_ids = {self.EOS}
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.vocab.decode(ids)
+
+    def prefill(self, ids: list[int]) -> tuple[torch.Tensor, Any]:
+        logits, state = self.model(torch.tensor([ids or [self.EOS]]))
+        return logits[:, -1].float(), state
+
+    def step(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        logits, state = self.model(tokens[:, None], state)
+        return logits[:, -1].float(), state
+
+    def select(self, state: Any, rows: list[int]) -> Any:
+        index = torch.tensor(rows)
+        if isinstance(state, tuple):  # LSTM: (h, c)
+            return tuple(s[:, index] for s in state)
+        return state[:, index]
+
+    def merge(self, state: Any, other: Any) -> Any:
+        if isinstance(state, tuple):
+            return tuple(torch.cat([a, b], dim=1) for a, b in zip(state, other, strict=True))
+        return torch.cat([state, other], dim=1)
+
+
+class WholeBackend:
+    """An encoder-decoder decoded a request at a time by its family's greedy or beam search."""
+
+    def __init__(self, run: Callable[[str, int, int], str], count: Callable[[str], int]) -> None:
+        self.run, self.count = run, count
+
+
+# -- requests ---------------------------------------------------------------------------------------------
+def _seed_of(seed: int, index: int) -> int:
+    """Choice `index`'s generator seed: choice 0 uses the request's seed as given."""
+    return seed if index == 0 else (seed * 0x9E3779B1 + index * 0x85EBCA6B) % (2**63)
+
+
+@dataclass
+class _Choice:
+    """One choice of a request while it decodes."""
+
+    stream: Stream
+    index: int
+    generator: torch.Generator | None
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""  # the choice's text so far, cut at a stop once one is found
+    sent: int = 0  # characters of `text` already delivered
+    last: int = 0  # the token to feed next step
+    finish: str | None = None
+
+
+class Stream:
+    """A submitted request: its events in order, cancellation, and its completions."""
+
+    def __init__(
+        self, prompt_ids: list[int], params: DecodeParams, listener: Callable[[Event], None] | None
+    ) -> None:
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.prompt_tokens = len(prompt_ids)
+        self.completion_tokens = 0
+        self.prompt_text = ""
+        self._listener = listener
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._done = threading.Event()
+        self.completions: list[Completion | None] = [None] * params.n
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def emit(self, event: Event) -> None:
+        self.completion_tokens += len(event.token_ids)
+        if self.first_token_at is None and event.token_ids:
+            self.first_token_at = time.perf_counter()
+        if self._listener is not None:
+            self._listener(event)
+        else:
+            self._queue.put(event)
+
+    def finish(self, index: int, completion: Completion) -> None:
+        self.completions[index] = completion
+        if all(c is not None for c in self.completions):
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Free the request's rows at the next step; unfinished choices end with "cancelled"."""
+        self._cancelled.set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """The events of every choice, in order, until all have finished (no listener given)."""
+        finished = 0
+        while finished < self.params.n:
+            try:
+                event = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no event within {timeout} s") from None
+            finished += event.finish_reason is not None
+            yield event
+
+    def result(self, timeout: float | None = None) -> list[Completion]:
+        """The finished choices (blocks until the request is done)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request not done within {timeout} s")
+        return [c for c in self.completions if c is not None]
+
+
+# -- the engine -------------------------------------------------------------------------------------------
+class Engine:
+    """Continuous-batching decoder over one loaded model; `submit` is thread-safe."""
+
+    def __init__(
+        self,
+        backend: StepBackend | WholeBackend,
+        tokenizer: Any,
+        *,
+        name: str,
+        model: Any = None,
+        family: str = "hf-causal",
+        card: dict[str, Any] | None = None,
+        max_batch: int = 8,
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.name = name
+        self.model = model
+        self.family = family
+        self.card = card
+        self.fim: dict[str, Any] | None = (card or {}).get("fim")
+        self.max_batch = max_batch
+        self.stats: dict[str, int] = {"running": 0, "waiting": 0, "steps": 0, "tokens_generated": 0}
+        self._waiting: list[Stream] = []
+        self._choices: list[_Choice] = []  # the running rows, in batch order
+        self._state: Any = None
+        self._lock = threading.Lock()  # guards _waiting
+        self._step_lock = threading.Lock()  # one thread decodes at a time
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- loading ------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, ref: str, *, dtype: str = "auto", max_batch: int = 8, threads: int | None = None) -> Engine:
+        """An engine over any model reference (see the module docstring); loads offline."""
+        from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, resolve_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        concrete = pick_dtype(dtype, device)
+        path = Path(ref).expanduser()
+        card = checkpoint_card(path) if path.is_dir() else None
+        if card is not None and card["family"] != "hf-causal":
+            from pycodegen.models.checkpoint import load_checkpoint
+
+            family, model = load_checkpoint(path)
+            return cls.for_family(family, model, name=ref, card=card, max_batch=max_batch)
+        if card is None and path.is_dir() and _is_encoder_decoder(path):
+            return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)
+        model, tokenizer = load_causal_lm(ref)
+        model = _to_dtype(model, concrete, device)
+        return cls(
+            CausalBackend(model, tokenizer),
+            tokenizer,
+            name=ref,
+            model=model,
+            card=card,
+            max_batch=max_batch,
+        )
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, *, name: str = "model", max_batch: int = 8) -> Engine:
+        """An engine over an HF causal model already in memory (a training run's model, a test's)."""
+        return cls(CausalBackend(model, tokenizer), tokenizer, name=name, model=model, max_batch=max_batch)
+
+    @classmethod
+    def for_family(
+        cls,
+        family: Any,
+        model: Any,
+        *,
+        name: str = "model",
+        card: dict[str, Any] | None = None,
+        max_batch: int = 8,
+    ) -> Engine:
+        """An engine over a pycodegen family's model (a loaded checkpoint, or the model being trained)."""
+        kind = family.name
+        if kind == "hf-causal":
+            backend: StepBackend | WholeBackend = CausalBackend(model, family.tokenizer)
+            tokenizer = family.tokenizer
+        elif kind == "char-rnn":
+            backend, tokenizer = CharRNNBackend(model, family.vocab), family.vocab
+        elif kind in ("seq2seq", "hf-seq2seq"):
+            tokenizer = family.tokenizer
+
+            def run(prompt: str, max_new_tokens: int, beams: int) -> str:
+                return family.generate(model, [prompt], max_new_tokens, beams=beams)[0]
+
+            backend = WholeBackend(
+                run, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            )
+        else:
+            raise EngineError(f"{name} is a {kind} model: it does not generate text")
+        return cls(backend, tokenizer, name=name, model=model, family=kind, card=card, max_batch=max_batch)
+
+    @classmethod
+    def _hf_seq2seq(cls, ref: str, directory: Path, max_batch: int) -> Engine:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForSeq2SeqLM.from_pretrained(directory).eval()
+
+        @torch.no_grad()
+        def run(prompt: str, max_new_tokens: int, beams: int) -> str:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            out = model.generate(
+                input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False, num_beams=beams
+            )
+            return tokenizer.decode(out[0], skip_special_tokens=True)
+
+        backend = WholeBackend(run, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        return cls(backend, tokenizer, name=ref, model=model, family="hf-seq2seq", max_batch=max_batch)
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        if isinstance(self.backend, WholeBackend):
+            return self.backend.count(text)
+        return len(self.backend.encode(text))
+
+    def format_prompt(self, text: str, mode: str = "auto") -> str:
+        """The text the model sees for a user prompt (prompt modes: raw, chat, hust, auto)."""
+        from pycodegen.generate.decoding import format_prompt
+
+        return format_prompt(self.tokenizer, text, self.prompt_mode(mode))
+
+    def prompt_mode(self, mode: str = "auto") -> str:
+        """The concrete prompt mode for `mode` (auto: the checkpoint's, else chat if templated, else raw)."""
+        from pycodegen.generate.decoding import resolve_prompt_mode
+
+        if self.family == "char-rnn":
+            return "raw" if mode == "auto" else mode
+        return resolve_prompt_mode(self.tokenizer, mode, self.name)
+
+    def fim_prompt(self, prefix: str, suffix: str) -> str:
+        """The fill-in-the-middle prompt for a model trained for it (its card's FIM record)."""
+        if not self.fim:
+            raise FimUnsupported(f"{self.name} was not trained for fill-in-the-middle")
+        try:
+            from pycodegen.generate import fim  # type: ignore[attr-defined]
+        except ImportError:
+            raise FimUnsupported("this pycodegen has no fill-in-the-middle prompts yet") from None
+        return fim.fim_prompt(self.fim, prefix, suffix)
+
+    # -- requests -----------------------------------------------------------------------------------------
+    def submit(
+        self, prompt: str, params: DecodeParams, listener: Callable[[Event], None] | None = None
+    ) -> Stream:
+        """Queue a request (thread-safe); it joins the running batch at the next step."""
+        self._validate(params)
+        if isinstance(self.backend, WholeBackend):
+            ids: list[int] = []
+            count = self.backend.count(prompt)
+        else:
+            ids = self.backend.encode(prompt)
+            count = len(ids)
+            limit = self.backend.max_len
+            if limit is not None and count >= limit:
+                raise EngineError(
+                    f"the prompt is {count} tokens; {self.name} reads at most {limit} (prompt and completion)"
+                )
+        stream = Stream(ids, params, listener)
+        stream.prompt_tokens = count
+        stream.prompt_text = prompt
+        with self._lock:
+            self._waiting.append(stream)
+            self.stats["waiting"] = len(self._waiting)
+        self._wake.set()
+        return stream
+
+    def _validate(self, p: DecodeParams) -> None:
+        if p.max_new_tokens < 1 or p.n < 1 or p.beams < 1:
+            raise EngineError("max_new_tokens, n and beams must be at least 1")
+        if p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
+            raise EngineError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+        if p.logprobs is not None and p.logprobs < 0:
+            raise EngineError("logprobs must be >= 0")
+        if isinstance(self.backend, WholeBackend):
+            if p.temperature > 0 or p.n > 1 or p.logprobs is not None:
+                raise EngineError(
+                    f"{self.family} models decode greedily or by beam search: temperature 0, n 1, no logprobs"
+                )
+        elif p.beams > 1:
+            raise EngineError("beam search is for the encoder-decoders (seq2seq, hf-seq2seq); use beams 1")
+
+    def generate(self, prompts: list[str], params: DecodeParams) -> list[list[Completion]]:
+        """Blocking: `params.n` completions per (already formatted) prompt, decoded together."""
+        streams = [self.submit(p, params) for p in prompts]
+        if self._thread is None:
+            self.run_until(lambda: all(s.done for s in streams))
+        return [s.result() for s in streams]
+
+    def run_until(self, done: Callable[[], bool]) -> None:
+        """Decode in the calling thread until `done()` (the blocking path when no thread is started)."""
+        while not done():
+            if not self.step():
+                time.sleep(0.001)
+
+    def start(self) -> None:
+        """Decode in a background thread until `stop`."""
+        if self._thread is not None:
+            return
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="pycodegen-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, drain: bool = True) -> None:
+        """Stop the background thread: after finishing every request (`drain`), or cancelling them."""
+        if not drain:
+            with self._lock:
+                pending = [*self._waiting, *{c.stream for c in self._choices}]
+            for stream in pending:
+                stream.cancel()
+        if self._thread is not None:
+            if drain:
+                while self._waiting or self._choices:
+                    time.sleep(0.01)
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            if not self.step():
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    # -- one step -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> bool:
+        """Admit waiting requests, drop cancelled rows, decode one token for every running row; False when
+        there was nothing to do."""
+        with self._step_lock:
+            self._drop_cancelled()
+            admitted = self._admit()
+            if not self._choices:
+                return admitted
+            backend = self.backend
+            assert isinstance(backend, StepBackend)
+            tokens = torch.tensor([c.last for c in self._choices])
+            logits, self._state = backend.step(self._state, tokens)
+            self._advance(logits, self._choices)
+            self.stats["steps"] += 1
+            self._drop_finished()
+            return True
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            gone = [s for s in self._waiting if s.cancelled]
+            self._waiting = [s for s in self._waiting if not s.cancelled]
+        for stream in gone:
+            for i in range(stream.params.n):
+                self._end(_Choice(stream, i, None), "cancelled")
+        for choice in self._choices:
+            if choice.stream.cancelled and choice.finish is None:
+                self._end(choice, "cancelled")
+        self._drop_finished()
+
+    def _admit(self) -> bool:
+        """Prefill waiting requests while their choices fit in the batch (a request bigger than the batch
+        runs when the batch is empty)."""
+        admitted = False
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    break
+                stream = self._waiting[0]
+                if self._choices and len(self._choices) + stream.params.n > self.max_batch:
+                    break
+                self._waiting.pop(0)
+                self.stats["waiting"] = len(self._waiting)
+            admitted = True
+            try:
+                if isinstance(self.backend, WholeBackend):
+                    self._run_whole(stream)
+                else:
+                    self._prefill(stream)
+            except Exception as exc:  # a failing request ends with "error"; the others go on
+                for i in range(stream.params.n):
+                    if stream.completions[i] is None:
+                        self._end(_Choice(stream, i, None, text=f"{type(exc).__name__}: {exc}"), "error")
+        self.stats["running"] = len(self._choices)
+        return admitted
+
+    def _prefill(self, stream: Stream) -> None:
+        backend = self.backend
+        assert isinstance(backend, StepBackend)
+        p = stream.params
+        logits, state = backend.prefill(stream.prompt_ids)
+        seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(6), "little")
+        choices = []
+        for i in range(p.n):
+            generator = None
+            if p.temperature > 0:
+                generator = torch.Generator(device=logits.device).manual_seed(_seed_of(seed, i))
+            choices.append(_Choice(stream, i, generator))
+        self._advance(logits.expand(p.n, -1), choices)
+        alive = [i for i, c in enumerate(choices) if c.finish is None]
+        if not alive:
+            return
+        state = backend.select(state, [0] * len(alive))
+        self._state = state if not self._choices else backend.merge(self._state, state)
+        self._choices += [choices[i] for i in alive]
+
+    def _run_whole(self, stream: Stream) -> None:
+        backend = self.backend
+        assert isinstance(backend, WholeBackend)
+        p = stream.params
+        text = backend.run(stream.prompt_text, p.max_new_tokens, p.beams)
+        choice = _Choice(stream, 0, None)
+        cut = _find_stop(text, p.stop, 0)
+        reason = "stop"
+        if cut is not None:
+            text = text[:cut]
+        elif backend.count(text) >= p.max_new_tokens:
+            reason = "length"
+        choice.text = text
+        stream.completion_tokens = backend.count(text)
+        self._end(choice, reason)
+
+    def _advance(self, logits: torch.Tensor, choices: list[_Choice]) -> None:
+        """Choose each row's next token from its logits (B, V), record it, deliver the new text."""
+        greedy = logits.argmax(-1).tolist()
+        want_logprobs = any(c.stream.params.logprobs is not None for c in choices)
+        logp = torch.log_softmax(logits, -1) if want_logprobs else None
+        for row, choice in enumerate(choices):
+            p = choice.stream.params
+            token = greedy[row] if choice.generator is None else _sample(logits[row], p, choice.generator)
+            choice.last = token
+            entry = None
+            if logp is not None and p.logprobs is not None:
+                entry = self._logprob_entry(logp[row], token, p.logprobs)
+            self.stats["tokens_generated"] += 1
+            self._deliver(choice, token, entry)
+
+    def _logprob_entry(self, logp: torch.Tensor, token: int, k: int) -> dict[str, Any]:
+        backend = self.backend
+        assert isinstance(backend, StepBackend)
+        top: dict[str, float] = {}
+        if k > 0:
+            values, indices = logp.topk(k)
+            top = {backend.decode([int(i)]): float(v) for v, i in zip(values, indices, strict=True)}
+        return {"token": backend.decode([token]), "logprob": float(logp[token]), "top": top}
+
+    def _deliver(self, choice: _Choice, token: int, entry: dict[str, Any] | None) -> None:
+        """Stops, the end of the choice, and the text safe to send (not a possible stop's beginning, not a
+        half-decoded character)."""
+        backend = self.backend
+        assert isinstance(backend, StepBackend)
+        p = choice.stream.params
+        finish = None
+        if token in backend.eos_ids:
+            finish = "stop"  # the end-of-sequence token is not part of the completion
+        else:
+            choice.ids.append(token)
+            if entry is not None:
+                choice.logprobs.append(entry)
+        previous = choice.text
+        text = backend.decode(choice.ids)
+        longest = max((len(s) for s in p.stop), default=0)
+        cut = _find_stop(text, p.stop, max(0, len(previous) - longest))
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+        elif p.stop_after_code_block and "`" in text[max(0, len(previous) - 3) :]:
+            end = code_block_end(text)
+            if end is not None:
+                text, finish = text[:end], "stop"
+        if finish is None and len(choice.ids) >= p.max_new_tokens:
+            finish = "length"
+        limit = backend.max_len
+        if finish is None and limit is not None and choice.stream.prompt_tokens + len(choice.ids) >= limit:
+            finish = "length"  # the model's context is full
+        choice.text = text
+        if finish is not None:
+            self._end(choice, finish, token, entry)
+            return
+        # One event per token (a streaming client and logprobs need each), its text possibly empty.
+        safe = max(choice.sent, len(text) - _held_back(text, p.stop))
+        choice.stream.emit(
+            Event(choice.index, text[choice.sent : safe], [token], [entry] if entry else None, None)
+        )
+        choice.sent = safe
+
+    def _end(self, choice: _Choice, reason: str, token: int | None = None, entry: Any = None) -> None:
+        """The choice's last event (the rest of its text) and its completion."""
+        choice.finish = reason
+        stream = choice.stream
+        tail = choice.text[choice.sent :] if reason != "error" else ""
+        ids = [token] if token is not None else []  # the EOS token counts as generated, as in usage
+        stream.emit(Event(choice.index, tail, ids, [entry] if entry is not None else None, reason))
+        choice.sent = len(choice.text)
+        completion = Completion(
+            text="" if reason == "error" else choice.text,
+            token_ids=list(choice.ids),
+            logprobs=list(choice.logprobs) if stream.params.logprobs is not None else None,
+            finish_reason=reason,
+        )
+        stream.finish(choice.index, completion)
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, c in enumerate(self._choices) if c.finish is None]
+        if len(keep) == len(self._choices):
+            return
+        if keep:
+            backend = self.backend
+            assert isinstance(backend, StepBackend)
+            self._state = backend.select(self._state, keep)
+        else:
+            self._state = None
+        self._choices = [self._choices[i] for i in keep]
+        self.stats["running"] = len(self._choices)
+
+
+def _sample(logits: torch.Tensor, p: DecodeParams, generator: torch.Generator) -> int:
+    """One token drawn from temperature-scaled logits (V,) after top-k and top-p filtering."""
+    x = logits / p.temperature
+    if p.top_k and p.top_k < x.shape[-1]:
+        kth = torch.topk(x, p.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if p.top_p < 1.0:
+        ordered, order = torch.sort(x, descending=True)
+        probs = torch.softmax(ordered, -1)
+        # Drop the tokens after the first whose cumulative mass reaches top_p (the top token stays).
+        outside = probs.cumsum(-1) - probs >= p.top_p
+        x = x.index_put((order[outside],), torch.tensor(float("-inf")))
+    probs = torch.softmax(x, -1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _find_stop(text: str, stops: list[str], start: int) -> int | None:
+    """Where the earliest stop string begins in `text` (searching from `start`), or None."""
+    found = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters must wait: a half-decoded character, or the beginning of a stop."""
+    hold = 0
+    if text.endswith("\ufffd"):
+        hold = len(text) - len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return hold
+
+
+def _is_encoder_decoder(directory: Path) -> bool:
+    import json
+
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    with contextlib.suppress(json.JSONDecodeError, OSError):
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("is_encoder_decoder"))
+    return False
+
+
+def _to_dtype(model: Any, dtype: str, device: torch.device) -> Any:
+    """The model on `device` in the engine's dtype: bf16 weights, or int8 dynamic quantization of every
+    Linear layer (CPU; the embedding stays fp32)."""
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    elif dtype == "int8":
+        if device.type != "cpu":
+            raise EngineError("dtype int8 (dynamic quantization) runs on CPU only")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if device.type != "cpu":
+        model = model.to(device)
+    return model.eval()
