@@ -80,11 +80,11 @@ class Served:
         return sock
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 120.0) -> None:
+def wait_until(condition: Callable[[], bool], seconds: float = 120.0, state: Callable[[], Any] = str) -> None:
     """Poll until `condition()` (bounded: the machine may be shared and slow, hence the long bound)."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        assert time.monotonic() < deadline, f"condition not reached in time: {state()}"
         time.sleep(0.02)
 
 
@@ -128,11 +128,8 @@ def served() -> Iterator[Served]:
 def idle(served: Served) -> None:
     """Wait until nothing is in flight (a previous test's cancelled requests have left the engine)."""
     wait_until(
-        lambda: (
-            served.scheduler.in_flight == 0
-            and served.engine.stats["running"] == 0
-            and served.engine.stats["waiting"] == 0
-        )
+        lambda: served.scheduler.in_flight == 0 and served.engine.stats["running"] == 0,
+        state=served.scheduler.stats,
     )
 
 
@@ -344,12 +341,16 @@ def test_disconnect_while_queued_frees_the_slot(served: Served) -> None:
     idle(served)
     long = {"prompt": FIB, "max_tokens": 64, "temperature": 0, "stream": True}
     running = [served.open_stream("/v1/completions", long) for _ in range(2)]  # the whole batch (2)
-    wait_until(lambda: served.engine.stats["running"] == 2)
-    queued = served.open_stream("/v1/completions", {"prompt": FIB, "max_tokens": 8})  # not streamed
-    wait_until(lambda: served.engine.stats["waiting"] == 1 and served.scheduler.in_flight == 3)
-    queued.close()
-    wait_until(lambda: served.engine.stats["waiting"] == 0 and served.scheduler.in_flight == 2)
+    wait_until(lambda: served.engine.stats["running"] == 2 and served.scheduler.queued == 0)
+    queued = [served.open_stream("/v1/completions", {"prompt": FIB, "max_tokens": 8}) for _ in range(2)]
+    wait_until(lambda: served.scheduler.in_flight == 4 and served.scheduler.queued == 2)
+    assert served.post("/v1/completions", {"prompt": FIB, "max_tokens": 2})[0] == 429  # full
+    for sock in queued:
+        sock.close()
+    wait_until(lambda: served.scheduler.in_flight == 2 and served.scheduler.queued == 0)
     assert served.engine.stats["running"] == 2  # the others decode on
+    status, answer = served.post("/v1/completions", {"prompt": FIB, "max_tokens": 1})  # room again
+    assert status == 200, answer
     for sock in running:
         sock.close()
     idle(served)
@@ -369,7 +370,7 @@ def test_playground_streams_a_highlighted_completion_in_chromium(served: Served,
             page.fill("#api-key", KEY)
             page.dispatch_event("#api-key", "change")
             page.wait_for_function("document.getElementById('model').textContent.includes('smollm2')")
-            page.fill("#prompt", 'def is_even(n: int) -> bool:\n    """Return True if n is even."""\n')
+            page.fill("#prompt", FIB)
             page.fill("#max-tokens", "12")
             page.click("#generate")
             page.wait_for_function(
@@ -379,7 +380,7 @@ def test_playground_streams_a_highlighted_completion_in_chromium(served: Served,
             assert status == "done", status
             completion = page.eval_on_selector("#output", "e => e.dataset.text")
             assert completion and completion.strip()
-            assert page.locator("#output span.tok-kw").count() >= 1  # highlighted Python
+            assert page.locator("#output .completion span.tok-kw").count() >= 1  # highlighted as it came
             assert int(page.get_attribute("#stats", "data-tokens") or 0) >= 1
             assert float(page.get_attribute("#stats", "data-rate") or 0) > 0
             assert "tokens/s" in (page.text_content("#stats") or "")

@@ -60,8 +60,10 @@ class ServerMetrics:
             "pycodegen_requests_in_flight", "Requests admitted and not yet finished.", registry=r
         )
         in_flight.set_function(lambda: scheduler.in_flight)
-        depth = Gauge("pycodegen_queue_depth", "Sequences waiting to join the running batch.", registry=r)
-        depth.set_function(lambda: engine.stats.get("waiting", 0))
+        depth = Gauge(
+            "pycodegen_queue_depth", "Requests admitted and still waiting for their first token.", registry=r
+        )
+        depth.set_function(lambda: scheduler.queued)
         running = Gauge("pycodegen_running_sequences", "Sequences in the running batch.", registry=r)
         running.set_function(lambda: engine.stats.get("running", 0))
 
@@ -120,8 +122,14 @@ class Scheduler:
         self.engine = engine
         self.capacity = max_batch + queue_size
         self.request_timeout = request_timeout
+        self.jobs: set[int] = set()  # ids of admitted, unreleased jobs that have no token yet
         self.in_flight = 0
         self.metrics = ServerMetrics(engine, self)
+
+    @property
+    def queued(self) -> int:
+        """Admitted requests still waiting for their first token (queued, or being prefilled)."""
+        return len(self.jobs)
 
     def admit(self, prompt: str, params: DecodeParams) -> Job:
         """Submit a request to the engine, or refuse it (429 when full, 400 when the engine refuses it)."""
@@ -144,15 +152,19 @@ class Scheduler:
         self.in_flight += 1
         start = time.monotonic()
         self.metrics.prompt_tokens.inc(stream.prompt_tokens)
-        return Job(stream, params.n, start + self.request_timeout, start, queue)
+        job = Job(stream, params.n, start + self.request_timeout, start, queue)
+        self.jobs.add(id(job))
+        return job
 
     def release(self, job: Job) -> None:
         """Give the job's slot back; cancel it in the engine unless every choice has finished."""
         if job.released:
             return
         job.released = True
+        self.jobs.discard(id(job))
         if not job.done:
             job.stream.cancel()
+            self.metrics.finished.labels("cancelled").inc(job.n - len(job.finish))
         self.in_flight -= 1
 
     async def events(self, job: Job) -> AsyncIterator[Event]:
@@ -165,6 +177,7 @@ class Scheduler:
                 raise RequestTimeout(self.request_timeout) from None
             if event.token_ids:
                 if job.first_token_at is None:
+                    self.jobs.discard(id(job))
                     job.first_token_at = time.monotonic()
                     self.metrics.ttft.observe(job.first_token_at - job.admitted)
                 job.completion_tokens += len(event.token_ids)
@@ -182,4 +195,9 @@ class Scheduler:
         return by_choice
 
     def stats(self) -> dict[str, Any]:
-        return {"in_flight": self.in_flight, "capacity": self.capacity, **self.engine.stats}
+        return {
+            "in_flight": self.in_flight,
+            "queued": self.queued,
+            "capacity": self.capacity,
+            **self.engine.stats,
+        }

@@ -40,13 +40,9 @@
   }
 
   function render(prompt, completion) {
-    // In completion mode the prompt is part of the code: it is shown first, dimmed.
-    if (mode() === "complete") {
-      $("output").innerHTML = '<span class="prompt-echo">' + window.escapeHtml(prompt) + "</span>" +
-        window.highlightPython(completion);
-    } else {
-      $("output").innerHTML = window.highlightPython(completion);
-    }
+    // In completion mode the prompt is part of the code: it is shown first, dimmed, then the completion.
+    const echo = mode() === "complete" ? '<span class="prompt-echo">' + window.highlightPython(prompt) + "</span>" : "";
+    $("output").innerHTML = echo + '<span class="completion">' + window.highlightPython(completion) + "</span>";
     $("output").dataset.text = completion;
   }
 
