@@ -8,9 +8,9 @@ Routes: POST /v1/completions (with `suffix`), POST /v1/chat/completions, POST /i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -501,6 +501,12 @@ def infill_prompt(
 
 
 # -- the verb ---------------------------------------------------------------------------------------------
+class _StopRequested(Exception):
+    """SIGTERM arrived (uvicorn has already drained or cancelled the requests)."""
+
+
+def _stop_requested(signum: int, frame: Any) -> None:
+    raise _StopRequested
 def serve(cfg: ServeConfig, console: Console) -> None:
     """`pycodegen serve`: load the model, then answer HTTP until SIGTERM/Ctrl-C. Shutdown lets in-flight
     requests finish for up to `shutdown_timeout` seconds, then cancels the rest."""
@@ -522,6 +528,13 @@ def serve(cfg: ServeConfig, console: Console) -> None:
     config = uvicorn.Config(
         app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.shutdown_timeout
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the handlers it found:
+    # ours turn that into a normal return (exit status 0: a requested stop is not a failure).
+    previous = signal.signal(signal.SIGTERM, _stop_requested)
+    try:
         uvicorn.Server(config).run()
+    except (KeyboardInterrupt, _StopRequested):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     console.print("[bold cyan]serve[/] stopped")
