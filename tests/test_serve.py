@@ -224,6 +224,20 @@ def test_fill_in_the_middle_refused_for_a_model_not_trained_for_it(served: Serve
     assert status == 400 and "not trained for fill-in-the-middle" in body["error"]["message"]
 
 
+def test_llama_cpp_completion_plain_and_streamed(served: Served) -> None:
+    body = {"prompt": FIB, "n_predict": 5, "temperature": 0, "seed": 18446744073709551615}  # Tabby's u64
+    status, whole = served.post("/completion", body)
+    assert status == 200, whole
+    assert whole["stop"] is True and whole["tokens_predicted"] <= 5 and whole["content"]
+    assert whole["tokens_evaluated"] == served.engine.count_tokens(FIB)
+    status, text = served.post("/completion", {**body, "stream": True})
+    events = [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: ")]
+    assert [e["stop"] for e in events][-1] is True and not any(e["stop"] for e in events[:-1])
+    assert "".join(e["content"] for e in events) == whole["content"]
+    status, refused = served.post("/completion", {**body, "presence_penalty": 0.5})
+    assert status == 400 and "presence_penalty" in refused["error"]["message"]
+
+
 def test_greedy_output_same_alone_or_batched(served: Served) -> None:
     idle(served)
     body = {"prompt": FIB, "max_tokens": 12, "temperature": 0}
@@ -283,6 +297,7 @@ def test_chat_and_infill_validate_too(served: Served) -> None:
         ("POST", "/v1/completions"),
         ("POST", "/v1/chat/completions"),
         ("POST", "/infill"),
+        ("POST", "/completion"),
     ],
 )
 def test_every_guarded_route_needs_the_key(served: Served, method: str, path: str) -> None:

@@ -430,12 +430,9 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
             request, job, (lambda: streamed(job, chunk, tail)) if req.stream else None, build
         )
 
-    @app.post("/infill")
-    async def infill(req: p.InfillRequest, request: Request) -> Response:
-        params = p.infill_params(req, limits)
-        if engine.fim is None:
-            raise RequestError(400, FIM_REFUSAL, param="input_suffix", code="fim_unsupported")
-        prompt = infill_prompt(engine, req, limits, fim_prompt)
+    async def llama_respond(request: Request, prompt: str, params: DecodeParams, stream: bool) -> Response:
+        """llama.cpp's response shape (/infill, /completion): {"content", "stop", "tokens_predicted", ...};
+        streamed as {"content", "stop": false} events, then the summary with "stop": true."""
         job = admit(prompt, params)
         started = time.monotonic()
 
@@ -458,8 +455,6 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
             }
 
         def chunk(event: Event) -> str | None:
-            if event.finish_reason is not None:
-                return sse({"content": event.text, "stop": False}) if event.text else None
             return sse({"content": event.text, "stop": False}) if event.text else None
 
         def tail() -> list[str]:
@@ -468,9 +463,21 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
         def build(events: dict[int, list[Event]]) -> dict[str, Any]:
             return summary(_text(events[0]), _finish(events[0]))
 
-        return await respond(
-            request, job, (lambda: streamed(job, chunk, tail)) if req.stream else None, build
+        return await respond(request, job, (lambda: streamed(job, chunk, tail)) if stream else None, build)
+
+    @app.post("/infill")
+    async def infill(req: p.InfillRequest, request: Request) -> Response:
+        params = p.llama_params(req, limits)
+        if engine.fim is None:
+            raise RequestError(400, FIM_REFUSAL, param="input_suffix", code="fim_unsupported")
+        return await llama_respond(
+            request, infill_prompt(engine, req, limits, fim_prompt), params, req.stream
         )
+
+    @app.post("/completion")
+    async def llama_completion(req: p.LlamaCompletionRequest, request: Request) -> Response:
+        # What Tabby's `llama.cpp/completion` backend sends: a prompt it has already formatted.
+        return await llama_respond(request, req.prompt, p.llama_params(req, limits), req.stream)
 
     # The playground: static files, open like /health (a browser cannot send a bearer header when it
     # navigates; the page holds nothing and its API calls carry the key the user types).
@@ -507,6 +514,8 @@ class _StopRequested(Exception):
 
 def _stop_requested(signum: int, frame: Any) -> None:
     raise _StopRequested
+
+
 def serve(cfg: ServeConfig, console: Console) -> None:
     """`pycodegen serve`: load the model, then answer HTTP until SIGTERM/Ctrl-C. Shutdown lets in-flight
     requests finish for up to `shutdown_timeout` seconds, then cancels the rest."""

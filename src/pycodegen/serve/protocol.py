@@ -148,24 +148,34 @@ class InfillExtra(BaseModel):
     text: str = ""
 
 
-class InfillRequest(BaseModel):
-    """POST /infill, llama.cpp's fill-in-the-middle endpoint (what llama.vscode and Tabby's llama.cpp
-    backend send). `prompt` is text already typed after the cursor's line start, appended to the prefix."""
+class LlamaCompletionRequest(BaseModel):
+    """POST /completion, llama.cpp's raw completion endpoint (what Tabby's `llama.cpp/completion` backend
+    sends, with the prompt already formatted by its `prompt_template`)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    input_prefix: str = ""
-    input_suffix: str = ""
-    input_extra: list[InfillExtra] = Field(default_factory=list)
-    prompt: str = ""
+    prompt: str
     n_predict: int = Field(-1, ge=-1, description="-1 = up to the server's cap.")
     temperature: float = Field(0.0, ge=0, le=2)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = Field(None, description="llama.cpp uses -1 for a random seed.")
+    seed: int | None = Field(
+        None, description="llama.cpp uses -1 (and Tabby a random u64) for a random seed."
+    )
     stop: list[str] = Field(default_factory=list)
     stream: bool = False
     n_probs: int = Field(0, ge=0, le=MAX_TOP_LOGPROBS)
+    presence_penalty: float = 0.0
+
+
+class InfillRequest(LlamaCompletionRequest):
+    """POST /infill, llama.cpp's fill-in-the-middle endpoint (what llama.vscode sends). `prompt` is text
+    typed after the cursor's line start, appended to the prefix."""
+
+    prompt: str = ""
+    input_prefix: str = ""
+    input_suffix: str = ""
+    input_extra: list[InfillExtra] = Field(default_factory=list)
 
 
 # -- requests → engine parameters --------------------------------------------------------------------------
@@ -217,17 +227,21 @@ def chat_params(req: ChatRequest, limits: Limits) -> DecodeParams:
     )
 
 
-def infill_params(req: InfillRequest, limits: Limits) -> DecodeParams:
-    stops = [s for s in req.stop if s]
+def llama_params(req: LlamaCompletionRequest, limits: Limits) -> DecodeParams:
+    """llama.cpp's settings: n_predict -1 means "as many as allowed" (the server's cap); a seed outside
+    the engine's range (-1, or a random u64 from Tabby) means an unseeded draw, as llama.cpp treats -1."""
+    if req.presence_penalty != 0:
+        raise RequestError(
+            400, "presence_penalty is not supported by this server; leave it at 0", param="presence_penalty"
+        )
+    asked = None if req.n_predict < 0 else max(req.n_predict, 1)
     return DecodeParams(
-        max_new_tokens=_max_tokens(
-            None if req.n_predict < 0 else max(req.n_predict, 1), limits.max_tokens, limits, "n_predict"
-        ),
+        max_new_tokens=_max_tokens(asked, limits.max_tokens, limits, "n_predict"),
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
-        seed=None if req.seed is None or req.seed < 0 else req.seed,
-        stop=stops[:MAX_STOPS] if len(stops) > MAX_STOPS else stops,
+        seed=req.seed if req.seed is not None and 0 <= req.seed < 2**63 else None,
+        stop=[s for s in req.stop if s],
         logprobs=req.n_probs or None,
     )
 
