@@ -363,6 +363,8 @@ def test_disconnect_while_queued_frees_the_slot(served: Served) -> None:
     for sock in queued:
         sock.close()
     wait_until(lambda: served.scheduler.in_flight == 2 and served.scheduler.queued == 0)
+    gone = served.scheduler.metrics.requests.labels("/v1/completions", "499")
+    wait_until(lambda: gone._value.get() >= 2)  # both handlers returned ("client closed request")
     assert served.engine.stats["running"] == 2  # the others decode on
     status, answer = served.post("/v1/completions", {"prompt": FIB, "max_tokens": 1})  # room again
     assert status == 200, answer

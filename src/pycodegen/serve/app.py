@@ -47,6 +47,7 @@ KNOWN_ROUTES = {
     "/infill",
 }
 T = TypeVar("T")
+CLIENT_GONE = 499  # "client closed request", as nginx logs it
 
 
 # -- middleware (pure ASGI: they see every request, streamed ones included) ------------------------------
@@ -154,20 +155,17 @@ async def until_disconnected(request: Request) -> None:
         pass
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or cancel it when the client disconnects first (and raise CancelledError)."""
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None (with `work` cancelled) when the client disconnects first."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(until_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            raise asyncio.CancelledError("client disconnected")
-        return task.result()
+        return task.result() if task.done() else None
     finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
 
 
 def sse(data: Any) -> str:
@@ -291,6 +289,8 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
             events = await unless_disconnected(request, scheduler.collect(job))
         finally:
             scheduler.release(job)
+        if events is None:  # the client left: nobody reads this, but the metrics count it (nginx's 499)
+            return Response(status_code=CLIENT_GONE)
         _ended_badly(events)
         return JSONResponse(build(events))
 
