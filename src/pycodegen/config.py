@@ -208,6 +208,9 @@ class GenerateConfig(SamplingConfig, ProblemSet):
         description="Decoding dtype: auto = bf16 on CUDA and AMX CPUs, else fp32; int8 = dynamic "
         "quantization of Linear layers (CPU).",
     )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding; default: torch's (one per core)."
+    )
 
     @model_validator(mode="after")
     def _benchmark_needs_out(self) -> GenerateConfig:
@@ -461,8 +464,8 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
     ... except ConfigError as exc:
     ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
     config: unknown key 'temprature'; valid keys: batch_size, benchmark, dtype, format, input, limit,
-    max_new_tokens, model, n, out, overwrite, problems, prompt, prompt_mode, seed, stop, temperature, top_k,
-    top_p
+    max_new_tokens, model, n, out, overwrite, problems, prompt, prompt_mode, seed, stop, temperature,
+    threads, top_k, top_p
     """
     try:
         return cls.model_validate(data)

@@ -37,7 +37,12 @@ def generation_metrics(
     completions of `rows`."""
     if not rows:
         return {}
-    completions = family.generate(model, [r["prompt"] for r in rows], max_new_tokens, beams=beams)
+    from pycodegen.generate.engine import DecodeParams, Engine
+
+    # The decoding engine every generate path uses, over the model being trained (no copy, no reload).
+    engine = Engine.for_family(family, model, name="dev")
+    params = DecodeParams(max_new_tokens=max_new_tokens, beams=beams)
+    completions = [choices[0].text for choices in engine.generate([r["prompt"] for r in rows], params)]
     with_tests = [(r, c) for r, c in zip(rows, completions, strict=True) if r.get("tests")]
     result: dict[str, float] = {}
     if with_tests:

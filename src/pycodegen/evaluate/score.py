@@ -324,15 +324,16 @@ def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
     assert cfg.model is not None
     name, problem_list, _ = load_problems(cfg.benchmark, cfg.problems)
     problem_list = problem_list[: cfg.limit] if cfg.limit else problem_list
-    from pycodegen.zoo import load_causal_lm
+    from pycodegen.generate.engine import Engine
 
-    model, tokenizer = load_causal_lm(cfg.model)  # once, for the samples and the reference perplexity
+    engine = Engine.load(cfg.model)  # once, for the samples and the reference perplexity
     samples = cfg.out / "samples.jsonl"
     meta = generate_samples(
-        cfg.model, problem_list, samples, cfg, benchmark=name, console=console, loaded=(model, tokenizer)
+        cfg.model, problem_list, samples, cfg, benchmark=name, console=console, engine=engine
     )
     references = [p.reference for p in problem_list if p.reference]
     extra = {}
-    if references:
-        extra["reference_perplexity"] = round(metrics.model_perplexity(model, tokenizer, references), 4)
+    if references and engine.family == "hf-causal":  # a causal LM's perplexity of the reference solutions
+        perplexity = metrics.model_perplexity(engine.model, engine.tokenizer, references)
+        extra["reference_perplexity"] = round(perplexity, 4)
     return score_samples(samples, cfg, console, meta, extra)

@@ -18,10 +18,15 @@ Why our own loop and not transformers' continuous batching (`generate_batch`, `i
 in transformers 5.24): its manager has per-request temperature/top-p and cancellation, but one sampling
 generator for the whole batch (no per-request seeds, so a sample depends on its batch-mates), no stop
 strings, no top-k log-probabilities, and a paged-attention cache sized for GPUs; measured on this
-2-core CPU (bench/engine_bench.py, figures in the README's "Measured · Engine") it was also slower than
-this loop. Levers measured there: logits of the last position only (`logits_to_keep=1`), calling the
-model's forward directly (no `generate()` per-call set-up), int8 dynamic quantization of Linear layers
-(`dtype="int8"`, CPU; changes the text slightly), bf16 (only where the CPU has AMX, or on CUDA).
+2-core CPU (bench/engine_bench.py, 1 thread, README "Measured · Engine") it was also much slower: 1.1
+tok/s single stream and 20.3 tok/s for 8 requests, against this loop's 15.2 and 50.7 (plain `generate()`
+17.8; fp32 weights are 538 MB per token, which bounds any fp32 decoder near 18 tok/s here; int8: 27.5).
+Levers measured there: logits of the last position only (`logits_to_keep=1`), calling the model's
+forward directly (no `generate()` per-call set-up), int8 dynamic quantization of Linear layers
+(`dtype="int8"`, CPU; changes the text slightly, and since activations are quantized with one scale per
+batch, an int8 row's greedy text can depend on its batch-mates), bf16 (only where the CPU has AMX, or on
+CUDA), and for Llama-architecture models a decode step through the model's own modules without
+transformers' per-call machinery (`CausalBackend._llama_step`, same text, 5-10 % less CPU per token).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class DecodeParams:
     beams: int = 1  # beam search (seq2seq families); n <= beams
     # End a choice once its first fenced code block has closed (chat models: what follows is prose).
     stop_after_code_block: bool = False
+    ignore_eos: bool = False  # decode past end-of-sequence (benchmarks: a fixed number of tokens)
 
 
 @dataclass
@@ -88,6 +94,23 @@ class Completion:
     token_ids: list[int]
     logprobs: list[dict[str, Any]] | None
     finish_reason: str
+
+
+def decode_params(
+    sampling: Any, stop: list[str] | None = None, stop_after_code_block: bool = False
+) -> DecodeParams:
+    """DecodeParams from a SamplingConfig (generate, evaluate --model): every prompt uses the run's seed,
+    its n choices seeds derived from it."""
+    return DecodeParams(
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        top_k=getattr(sampling, "top_k", 0),  # GenerateConfig has it; EvaluateConfig does not
+        n=sampling.n,
+        seed=sampling.seed,
+        stop=list(stop or []),
+        stop_after_code_block=stop_after_code_block,
+    )
 
 
 def pick_dtype(dtype: str, device: torch.device) -> str:
@@ -155,7 +178,7 @@ class _KV:
 class CausalBackend(StepBackend):
     """A transformers decoder-only model (a PeftModel with unmerged LoRA adapters included)."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, lean: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         config = model.config
@@ -167,6 +190,14 @@ class CausalBackend(StepBackend):
         )
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.start_id = int(start) if start is not None else 0
+        # Llama-architecture models (the embedded SmolLM2) decode through `_llama_step`; others (GPT-2,
+        # PEFT-wrapped models, other attention implementations) through the model's own forward.
+        self.lean = (
+            lean
+            and getattr(config, "model_type", None) == "llama"
+            and type(model).__name__ == "LlamaForCausalLM"
+            and getattr(config, "_attn_implementation", None) == "sdpa"
+        )
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -200,9 +231,42 @@ class CausalBackend(StepBackend):
 
     def step(self, state: _KV, tokens: torch.Tensor) -> tuple[torch.Tensor, _KV]:
         state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)  # (B, L+1)
-        logits = self._forward(tokens[:, None].to(self.device), state, state.lengths[:, None])
+        ids = tokens[:, None].to(self.device)  # (B, 1)
+        if self.lean:
+            logits = self._llama_step(ids, state, state.lengths[:, None])
+        else:
+            logits = self._forward(ids, state, state.lengths[:, None])
         state.lengths = state.lengths + 1
         return logits, state
+
+    def _llama_step(self, ids: torch.Tensor, kv: _KV, positions: torch.Tensor) -> torch.Tensor:
+        """One decode step of a Llama-architecture model through its own modules, without transformers'
+        per-call machinery (mask building, kwargs plumbing, output objects): the same arithmetic as its
+        forward with SDPA attention, a fifth of the per-step Python cost (bench/engine_bench.py)."""
+        import torch.nn.functional as F
+
+        decoder = self.model.model
+        x = decoder.embed_tokens(ids)  # (B, 1, C)
+        cos, sin = decoder.rotary_emb(x, positions)  # (B, 1, D)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
+        keep = kv.mask.bool()[:, None, None, :]  # (B, 1, 1, L): a row never attends its padding
+        batch = ids.shape[0]
+        for layer, cached in zip(decoder.layers, kv.cache.layers, strict=True):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)  # (B, H, 1, D)
+            k = attn.k_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, 1, D)
+            v = attn.v_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+            cached.keys = torch.cat([cached.keys, k], dim=2)  # (B, Hkv, L, D)
+            cached.values = torch.cat([cached.values, v], dim=2)
+            y = F.scaled_dot_product_attention(
+                q, cached.keys, cached.values, attn_mask=keep, scale=attn.scaling, enable_gqa=True
+            )  # (B, H, 1, D)
+            x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.model.lm_head(decoder.norm(x)[:, -1]).float()  # (B, V)
 
     def select(self, state: _KV, rows: list[int]) -> _KV:
         index = torch.tensor(rows, device=self.device)
@@ -230,6 +294,12 @@ class CausalBackend(StepBackend):
             mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)])
         mask = torch.cat([left_pad(state.mask, 1), left_pad(other.mask, 1)])
         return _KV(state.cache, mask, torch.cat([state.lengths, other.lengths]))
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotary embeddings' half rotation (transformers' `rotate_half`)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class CharRNNBackend(StepBackend):
@@ -313,6 +383,7 @@ class Stream:
         self.completions: list[Completion | None] = [None] * params.n
         self.submitted = time.perf_counter()
         self.first_token_at: float | None = None
+        self.error: str | None = None  # what went wrong when a choice ends with "error"
 
     def emit(self, event: Event) -> None:
         self.completion_tokens += len(event.token_ids)
@@ -490,19 +561,26 @@ class Engine:
         """The concrete prompt mode for `mode` (auto: the checkpoint's, else chat if templated, else raw)."""
         from pycodegen.generate.decoding import resolve_prompt_mode
 
-        if self.family == "char-rnn":
-            return "raw" if mode == "auto" else mode
+        if self.family == "char-rnn":  # characters in, characters out: no templates
+            if mode not in ("auto", "raw"):
+                raise EngineError(f"a char-rnn model takes raw prompts, not prompt mode {mode!r}")
+            return "raw"
         return resolve_prompt_mode(self.tokenizer, mode, self.name)
 
-    def fim_prompt(self, prefix: str, suffix: str) -> str:
-        """The fill-in-the-middle prompt for a model trained for it (its card's FIM record)."""
-        if not self.fim:
-            raise FimUnsupported(f"{self.name} was not trained for fill-in-the-middle")
+    def fim_prompt(self, prefix: str, suffix: str, mode: str = "psm") -> str:
+        """The fill-in-the-middle prompt (PSM or SPM) for a model trained for it: its checkpoint card's FIM
+        record, or a tokenizer with StarCoder's sentinels (`generate.fim`); FimUnsupported otherwise."""
         try:
             from pycodegen.generate import fim  # type: ignore[attr-defined]
-        except ImportError:
-            raise FimUnsupported("this pycodegen has no fill-in-the-middle prompts yet") from None
-        return fim.fim_prompt(self.fim, prefix, suffix)
+        except ImportError:  # a pycodegen without FIM prompts: no model here does FIM
+            raise FimUnsupported("this model was not trained for fill-in-the-middle") from None
+        source = self.card if self.card is not None and self.card.get("fim") else self.tokenizer
+        if isinstance(self.backend, CharRNNBackend):
+            source = None  # characters: no sentinel tokens
+        try:
+            return fim.fim_prompt(source, prefix, suffix, mode)
+        except fim.FimUnsupported as exc:  # one exception class for callers: the engine's
+            raise FimUnsupported(str(exc)) from None
 
     # -- requests -----------------------------------------------------------------------------------------
     def submit(
@@ -601,7 +679,17 @@ class Engine:
             backend = self.backend
             assert isinstance(backend, StepBackend)
             tokens = torch.tensor([c.last for c in self._choices])
-            logits, self._state = backend.step(self._state, tokens)
+            try:
+                logits, self._state = backend.step(self._state, tokens)
+            except (
+                Exception
+            ) as exc:  # the batch's state is lost: its requests end with "error", the engine lives
+                for choice in self._choices:
+                    choice.text = f"{type(exc).__name__}: {exc}"
+                    self._end(choice, "error")
+                self._choices, self._state = [], None
+                self.stats["running"] = 0
+                return True
             self._advance(logits, self._choices)
             self.stats["steps"] += 1
             self._drop_finished()
@@ -712,7 +800,7 @@ class Engine:
         assert isinstance(backend, StepBackend)
         p = choice.stream.params
         finish = None
-        if token in backend.eos_ids:
+        if token in backend.eos_ids and not p.ignore_eos:
             finish = "stop"  # the end-of-sequence token is not part of the completion
         else:
             choice.ids.append(token)
@@ -748,6 +836,8 @@ class Engine:
         """The choice's last event (the rest of its text) and its completion."""
         choice.finish = reason
         stream = choice.stream
+        if reason == "error":
+            stream.error = choice.text
         tail = choice.text[choice.sent :] if reason != "error" else ""
         ids = [token] if token is not None else []  # the EOS token counts as generated, as in usage
         stream.emit(Event(choice.index, tail, ids, [entry] if entry is not None else None, reason))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -21,6 +21,9 @@ from pycodegen.console import plural, progress
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.generate.postprocess import HUMANEVAL_STOPS, postprocess
 from pycodegen.jsonl import dumps, iter_jsonl, read_jsonl, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from pycodegen.generate.engine import Engine
 
 
 def meta_path(samples: Path) -> Path:
@@ -68,16 +71,21 @@ def generate_samples(
     *,
     benchmark: str,
     console: Console,
-    loaded: tuple[Any, Any] | None = None,
+    engine: Engine | None = None,
 ) -> dict[str, Any]:
     """Generate `sampling.n` samples per problem into `out` (resumable: finished tasks are kept); returns
-    the meta. `loaded` is the (model, tokenizer) of `model_ref` when the caller has it already. On Ctrl-C,
-    says how many tasks the file keeps and that rerunning resumes."""
-    from pycodegen.generate.decoding import format_prompt, generate, resolve_prompt_mode
-    from pycodegen.zoo import load_causal_lm
+    the meta. `engine` is the decoding engine of `model_ref` when the caller has it already. Problems are
+    decoded together through the engine (`batch_size` sequences at a time; a finished problem's slot goes
+    to the next at once) and each is written whole as soon as it is done. On Ctrl-C, says how many tasks
+    the file keeps and that rerunning resumes."""
+    from pycodegen.generate.engine import Engine, decode_params
 
-    model, tokenizer = loaded or load_causal_lm(model_ref)
-    mode = resolve_prompt_mode(tokenizer, sampling.prompt_mode, model_ref)
+    # GenerateConfig has dtype and threads; EvaluateConfig (evaluate --model) keeps the defaults.
+    engine = engine or Engine.load(
+        model_ref, dtype=getattr(sampling, "dtype", "auto"), threads=getattr(sampling, "threads", None)
+    )
+    engine.max_batch = sampling.batch_size
+    mode = engine.prompt_mode(sampling.prompt_mode)
     n, temperature = sampling.n, sampling.temperature
     style_stops = HUMANEVAL_STOPS if mode == "raw" and all(p.style == "humaneval" for p in problems) else []
     meta = {
@@ -98,34 +106,39 @@ def generate_samples(
     done = _kept_tasks(out, meta, n)
     write_json(meta_path(out), meta)
     todo = [p for p in problems if p.task_id not in done]
-    per_call = max(1, sampling.batch_size // n)  # problems per generate call: n sequences each
     finished = len([p for p in problems if p.task_id in done])
+    params = decode_params(sampling, style_stops, stop_after_code_block=bool(meta["stop_after_code_block"]))
 
     def prompt_text(p: Problem) -> str:
-        return p.prompt if mode == "raw" else format_prompt(tokenizer, p.instruction, mode)
+        return p.prompt if mode == "raw" else engine.format_prompt(p.instruction, mode)
 
+    streams = []
     try:
         with out.open("a", encoding="utf-8") as fh, progress("generating", console) as bar:
             task = bar.add_task("gen", total=len(problems), completed=finished, status="")
-            for start in range(0, len(todo), per_call):
-                chunk = todo[start : start + per_call]
-                texts = generate(
-                    model,
-                    tokenizer,
-                    [prompt_text(p) for p in chunk],
-                    sampling,
-                    stops=style_stops,
-                    stop_after_code_block=meta["stop_after_code_block"],
-                )
-                for p, samples in zip(chunk, texts, strict=True):
-                    for j, raw in enumerate(samples):
-                        completion = postprocess(raw, mode=mode, entry_point=p.entry_point, style=p.style)
-                        row = {"task_id": p.task_id, "sample_index": j, "completion": completion, "raw": raw}
+            streams = [(p, engine.submit(prompt_text(p), params)) for p in todo]
+            pending = list(streams)
+            while pending:
+                engine.step()
+                for p, stream in [x for x in pending if x[1].done]:
+                    for j, choice in enumerate(stream.result()):
+                        completion = postprocess(
+                            choice.text, mode=mode, entry_point=p.entry_point, style=p.style
+                        )
+                        row = {
+                            "task_id": p.task_id,
+                            "sample_index": j,
+                            "completion": completion,
+                            "raw": choice.text,
+                        }
                         fh.write(dumps(row) + "\n")
-                    fh.flush()  # a task is on disk whole before the next one starts
+                    fh.flush()  # a task is on disk whole before the next one is written
                     finished += 1
-                bar.advance(task, len(chunk))
+                    bar.advance(task, 1)
+                pending = [x for x in pending if not x[1].done]
     except KeyboardInterrupt:
+        for _, stream in streams:
+            stream.cancel()
         console.print(
             f"[bold cyan]generate[/] interrupted: {out} keeps {finished} of {plural(len(problems), 'task')} "
             "(a task cut short is redone); rerun the same command to resume"
