@@ -404,8 +404,9 @@ class ServeConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 = every interface).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
     api_key: str | None = Field(
-        None, description="Require 'Authorization: Bearer KEY' on every route but /health; default: "
-        "$PYCODEGEN_API_KEY if set (keeps the key out of the process list)."
+        None,
+        description="Require 'Authorization: Bearer KEY' on every route but /health; default: "
+        "$PYCODEGEN_API_KEY if set (keeps the key out of the process list).",
     )
     max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt accepted, in tokens.")
     max_tokens: int = Field(512, ge=1, description="Cap on max_tokens (and n_predict) per request.")
@@ -416,8 +417,13 @@ class ServeConfig(StrictModel):
     )
     request_timeout: float = Field(120.0, gt=0, description="Seconds a request may take, queue included.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (HTTP 413).")
-    dtype: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="Weights/compute dtype; auto = bf16 where the hardware has it fast, else fp32."
+    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="Weights/compute dtype; auto = bf16 on CUDA or AMX CPUs, else fp32; int8 = dynamic "
+        "quantization of the Linear layers (CPU; faster, text changes slightly).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding (default: torch's choice, one per core)."
     )
     shutdown_timeout: float = Field(
         10.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before being cancelled."
