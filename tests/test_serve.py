@@ -219,7 +219,9 @@ def test_openai_client_unchanged(served: Served) -> None:
 
 def test_fill_in_the_middle_refused_for_a_model_not_trained_for_it(served: Served) -> None:
     status, body = served.post("/v1/completions", {"prompt": "def f(", "suffix": "    return x\n"})
-    assert status == 400 and body["error"]["message"] == "this model was not trained for fill-in-the-middle"
+    assert status == 400 and body["error"]["message"].startswith(
+        "this model was not trained for fill-in-the-middle"
+    )
     status, body = served.post("/infill", {"input_prefix": "def f(", "input_suffix": "    return x\n"})
     assert status == 400 and "not trained for fill-in-the-middle" in body["error"]["message"]
 

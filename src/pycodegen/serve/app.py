@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pycodegen.generate.engine import DecodeParams, Engine, EngineError, Event
+from pycodegen.generate.engine import DecodeParams, Engine, Event, FimUnsupported
 from pycodegen.serve import protocol as p
 from pycodegen.serve.protocol import FIM_REFUSAL, Limits, RequestError
 from pycodegen.serve.scheduler import Job, Scheduler
@@ -264,12 +264,15 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
         return scheduler.admit(prompt, params)
 
     def fim_prompt(prefix: str, suffix: str) -> str:
-        if engine.fim is None:
-            raise RequestError(400, FIM_REFUSAL, param="suffix", code="fim_unsupported")
+        """The engine's FIM prompt (the card's FIM record, or a tokenizer with StarCoder's sentinels);
+        any other model is refused, never given a fake (the suffix appended, say)."""
         try:
             return engine.fim_prompt(prefix, suffix)
-        except EngineError as exc:
-            raise RequestError(400, str(exc), param="suffix") from None
+        except FimUnsupported as exc:
+            message = str(exc) if str(exc).startswith(FIM_REFUSAL) else f"{FIM_REFUSAL} ({exc})"
+            raise RequestError(400, message, param="suffix", code="fim_unsupported") from None
+
+    fim_ready = _does_fim(engine)
 
     async def respond(
         request: Request,
@@ -321,7 +324,7 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
             "object": "model",
             "created": 0,
             "owned_by": "pycodegen",
-            "fim": engine.fim is not None,
+            "fim": fim_ready,
             "max_tokens": limits.max_tokens,
             "max_n": limits.max_n,
         }
@@ -468,8 +471,6 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
     @app.post("/infill")
     async def infill(req: p.InfillRequest, request: Request) -> Response:
         params = p.llama_params(req, limits)
-        if engine.fim is None:
-            raise RequestError(400, FIM_REFUSAL, param="input_suffix", code="fim_unsupported")
         return await llama_respond(
             request, infill_prompt(engine, req, limits, fim_prompt), params, req.stream
         )
@@ -491,6 +492,14 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
     app.add_middleware(BearerKey, api_key=api_key)
     app.add_middleware(RequestMetrics, scheduler=scheduler)
     return app
+
+
+def _does_fim(engine: Engine) -> bool:
+    try:
+        engine.fim_prompt("", "")
+    except FimUnsupported:
+        return False
+    return True
 
 
 def infill_prompt(
@@ -526,9 +535,9 @@ def serve(cfg: ServeConfig, console: Console) -> None:
     api_key = cfg.api_key or os.environ.get("PYCODEGEN_API_KEY") or None
     started = time.perf_counter()
     console.print(f"[bold cyan]serve[/] loading {cfg.model}")
-    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch)
+    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads)
     app = create_app(engine, cfg, api_key=api_key)
-    fim = "fill-in-the-middle on" if engine.fim is not None else "no fill-in-the-middle (not trained for it)"
+    fim = "fill-in-the-middle on" if _does_fim(engine) else "no fill-in-the-middle (not trained for it)"
     console.print(
         f"[bold cyan]serve[/] {engine.name} loaded in {time.perf_counter() - started:.1f} s; {fim}; "
         f"playground and API at http://{cfg.host}:{cfg.port}/"
