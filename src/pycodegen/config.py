@@ -405,15 +405,15 @@ class ServeConfig(StrictModel):
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
     api_key: str | None = Field(
         None,
-        description="Require 'Authorization: Bearer KEY' on every route but /health; default: "
-        "$PYCODEGEN_API_KEY if set (keeps the key out of the process list).",
+        description="Require 'Authorization: Bearer KEY' on every route but /health and the playground "
+        "page; default: $PYCODEGEN_API_KEY if set (keeps the key out of the process list).",
     )
     max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt accepted, in tokens.")
     max_tokens: int = Field(512, ge=1, description="Cap on max_tokens (and n_predict) per request.")
     max_n: int = Field(8, ge=1, description="Cap on n (choices per request).")
     max_batch: int = Field(8, ge=1, description="Sequences decoded together in the running batch.")
     queue_size: int = Field(
-        32, ge=0, description="Requests waiting beyond max_batch in flight; more get HTTP 429."
+        32, ge=0, description="Requests that may wait beyond --max-batch; more in flight get HTTP 429."
     )
     request_timeout: float = Field(120.0, gt=0, description="Seconds a request may take, queue included.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (HTTP 413).")
