@@ -379,17 +379,24 @@ Example:
 """
 
 
-def serve(ctx: typer.Context) -> None:
-    """Serve a model over HTTP [not built yet]: OpenAI-compatible API and playground.
+def serve_main(cfg: Any) -> None:
+    from pycodegen.serve.app import serve
 
-    \b
-    Example (once built):
-      pycodegen serve smollm2-135m-instruct --port 8000
-    """
-    raise PycodegenError(
-        "`pycodegen serve` is not built yet: the OpenAI-compatible server and playground are their own "
-        "capability; use `pycodegen generate` meanwhile"
-    )
+    serve(cfg, console)
+
+
+SERVE_DOC = """Serve a model over HTTP: OpenAI-compatible API, llama.cpp /infill, and a playground at /.
+
+POST /v1/completions (with suffix) and /v1/chat/completions, plain or streamed; GET /v1/models, /health,
+/metrics (Prometheus). Requests are decoded together in one running batch; beyond --max-batch plus
+--queue-size in flight, requests get HTTP 429. SIGTERM or Ctrl-C lets in-flight requests finish.
+
+\b
+Example: the embedded model on port 8000, then a completion:
+  pycodegen serve smollm2-135m-instruct --port 8000
+  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"prompt": "def fib(n):", "max_tokens": 32, "temperature": 0}'
+"""
 
 
 @dataclass(frozen=True)
@@ -407,7 +414,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("TrainConfig", train_main, TRAIN_DOC),
     "generate": Verb("GenerateConfig", generate_main, GENERATE_DOC),
     "evaluate": Verb("EvaluateConfig", evaluate_main, EVALUATE_DOC),
-    "serve": Verb(None, serve),
+    "serve": Verb("ServeConfig", serve_main, SERVE_DOC),
     "run": Verb("RunConfig", run_main, RUN_DOC),
     "report": Verb("ReportConfig", report_main, REPORT_DOC),
     "self-train": Verb("SelfTrainConfig", self_train_main, SELF_TRAIN_DOC),

@@ -481,6 +481,43 @@ class RecipeVariant(StrictModel):
         return self
 
 
+# -- serve ------------------------------------------------------------------------------------------------
+class ServeConfig(StrictModel):
+    """`pycodegen serve`: an OpenAI-compatible HTTP server (and playground) over one model."""
+
+    model: str = positional(
+        "Zoo name, local HF directory, checkpoint or .gguf (default: the embedded model).",
+        "smollm2-135m-instruct",
+    )
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 = every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_key: str | None = Field(
+        None,
+        description="Require 'Authorization: Bearer KEY' on every route but /health and the playground "
+        "page; default: $PYCODEGEN_API_KEY if set (keeps the key out of the process list).",
+    )
+    max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt accepted, in tokens.")
+    max_tokens: int = Field(512, ge=1, description="Cap on max_tokens (and n_predict) per request.")
+    max_n: int = Field(8, ge=1, description="Cap on n (choices per request).")
+    max_batch: int = Field(8, ge=1, description="Sequences decoded together in the running batch.")
+    queue_size: int = Field(
+        32, ge=0, description="Requests that may wait beyond --max-batch; more in flight get HTTP 429."
+    )
+    request_timeout: float = Field(120.0, gt=0, description="Seconds a request may take, queue included.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (HTTP 413).")
+    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="Weights/compute dtype; auto = bf16 on CUDA or AMX CPUs, else fp32; int8 = dynamic "
+        "quantization of the Linear layers (CPU; faster, text changes slightly).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding (default: torch's choice, one per core)."
+    )
+    shutdown_timeout: float = Field(
+        10.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before being cancelled."
+    )
+
+
 class RecipeConfig(StrictModel):
     """A YAML recipe: the stages `pycodegen run` executes in order, each optional."""
 
