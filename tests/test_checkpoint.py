@@ -218,8 +218,18 @@ def test_zoo_loads_hf_causal_checkpoints_and_refuses_other_families(
     )
     # ... which is what generate does: every family generates through the engine
     cli = subprocess.run(
-        [sys.executable, "-m", "pycodegen", "generate", "--model", str(rnn), "--prompt", "def f"]
-        + ["--max-new-tokens", "4"],
+        [
+            sys.executable,
+            "-m",
+            "pycodegen",
+            "generate",
+            "--model",
+            str(rnn),
+            "-p",
+            "def f",
+            "--max-new-tokens",
+            "4",
+        ],
         capture_output=True,
         text=True,
     )

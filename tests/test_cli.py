@@ -136,11 +136,12 @@ def test_run_resumes_finished_stages(tmp_path: Path, messy_tree: Path) -> None:
     assert manifest["options"]["seed"] == 3
 
 
-def test_run_refuses_unbuilt_stages(tmp_path: Path) -> None:
+def test_a_bad_serve_section_fails_before_any_stage(tmp_path: Path) -> None:
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: t\nserve: {port: 8000}\n")
+    recipe.write_text(f"name: t\nout: {tmp_path / 'run'}\nprepare: {{source: x}}\nserve: {{port: 99999}}\n")
     result = pycodegen("run", str(recipe))
-    assert result.returncode == 2 and "serving is not built yet" in result.stderr
+    assert result.returncode == 2 and "serve:" in result.stderr and "65535" in result.stderr, result.stderr
+    assert not (tmp_path / "run" / "stages").exists()
 
 
 def test_run_evaluate_stage_with_limit(tmp_path: Path) -> None:

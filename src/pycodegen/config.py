@@ -546,7 +546,10 @@ class RecipeConfig(StrictModel):
         default_factory=dict,
         description="Per-scale overrides (a partial recipe merged in); the recipe itself is `tiny`.",
     )
-    serve: dict[str, Any] | None = Field(None, description="Reserved: serving (not built yet).")
+    serve: dict[str, Any] | None = Field(
+        None,
+        description="Serve when the stages are done (ServeConfig fields; model = the last trained one).",
+    )
 
     @model_validator(mode="after")
     def _rows_validate(self) -> RecipeConfig:

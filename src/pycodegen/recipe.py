@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from pycodegen.config import (
@@ -39,7 +39,6 @@ from pycodegen.config import (
 from pycodegen.errors import ConfigError
 from pycodegen.jsonl import write_json
 
-NOT_BUILT = {"serve": "serving"}
 NON_GENERATING = {"retrieval"}  # scored by MRR on its own validation split; it writes no code
 WAITS_FOR_ENGINE = "is skipped: a {family} checkpoint ranks code, it does not write it (see its valid_mrr)"
 
@@ -382,11 +381,7 @@ class RecipeRun:
     def run(self) -> list[str]:
         """Every row's stages in flow order, then the report; returns the names of the stages that ran."""
         recipe = self.recipe
-        for name, capability in NOT_BUILT.items():
-            if getattr(recipe, name) is not None:
-                raise ConfigError(
-                    f"recipe {recipe.name!r} has a {name!r} stage, but {capability} is not built yet"
-                )
+        serve_cfg = self.serve_config(None)  # a bad serve: section fails before any work, not after
         self.markers.mkdir(parents=True, exist_ok=True)
         prepared: dict[str, PrepareConfig] = {}
         rows = [self.run_row(name, variant, prepared) for name, variant in self.rows().items()]
@@ -403,7 +398,29 @@ class RecipeRun:
                 f"[bold cyan]run[/] {recipe.name}: every stage is up to date (use --force to rerun)"
             )
         self.summarise(rows)
+        if serve_cfg is not None:
+            from pycodegen.serve.app import serve
+
+            serve(self.serve_config(self.last_trained(rows)), self.console)  # until Ctrl-C / SIGTERM
         return self.ran
+
+    def serve_config(self, trained: str | None) -> Any:
+        """The recipe's `serve:` section as a ServeConfig; its model defaults to the last trained one."""
+        from pycodegen.config import ServeConfig
+
+        if self.recipe.serve is None:
+            return None
+        settings = dict(self.recipe.serve)
+        if trained is not None:
+            settings.setdefault("model", trained)
+        try:
+            return ServeConfig(**settings)
+        except ValidationError as exc:
+            raise ConfigError(f"recipe {self.recipe.name!r}: serve: {exc.errors()[0]['msg']}") from None
+
+    def last_trained(self, rows: list[Row]) -> str | None:
+        trained = [r for r in rows if r.train is not None and r.model and not self.waits_for_engine(r.model)]
+        return trained[-1].model if trained else None
 
     def summarise(self, rows: list[Row]) -> None:
         """The end of a run on the console: the table and paired comparisons of report.md, a sample
@@ -427,7 +444,8 @@ class RecipeRun:
         self.console.print(
             f"[bold cyan]run[/] report: {report}\n"
             f"use the trained model: pycodegen generate --model {row.model} -p "
-            '"Write a Python function that reverses a string."',
+            '"Write a Python function that reverses a string."\n'
+            f"serve it: pycodegen serve {row.model}",
             highlight=False,
             soft_wrap=True,
         )
