@@ -36,7 +36,8 @@ def test_embedded_model_generates_offline(monkeypatch: pytest.MonkeyPatch) -> No
     """Loads the real SmolLM2 (converted once from GGUF, then cached) and decodes greedily."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from pycodegen.config import SamplingConfig
-    from pycodegen.generate.decoding import format_prompt, generate, resolve_prompt_mode
+    from pycodegen.generate.decoding import format_prompt, resolve_prompt_mode
+    from pycodegen.generate.engine import generate
     from pycodegen.zoo import load_causal_lm
 
     model, tokenizer = load_causal_lm("smollm2-135m-instruct")

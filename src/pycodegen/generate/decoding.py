@@ -7,7 +7,7 @@ picks `chat` when the tokenizer has a chat template and `raw` otherwise; the cho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from pycodegen.errors import ConfigError, unknown_name
@@ -51,21 +51,3 @@ def format_prompt(tokenizer: Any, text: str, mode: str) -> str:
     if formatter is None:
         raise ConfigError(f"prompt mode {mode!r} is not concrete; resolve it first (resolve_prompt_mode)")
     return formatter(tokenizer, text)
-
-
-def generate(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    sampling: Any,
-    stops: Sequence[str] = (),
-    stop_after_code_block: bool = False,
-) -> list[list[str]]:
-    """`sampling.n` completions (text, cut at stops) for each formatted prompt of an HF causal model in
-    memory, decoded by the engine (`generate.engine`, the one decoding path); the tokenizer is not
-    modified."""
-    from pycodegen.generate.engine import Engine, decode_params
-
-    engine = Engine.for_model(model, tokenizer, max_batch=sampling.batch_size)
-    params = decode_params(sampling, list(stops), stop_after_code_block)
-    return [[c.text for c in choices] for choices in engine.generate(list(prompts), params)]

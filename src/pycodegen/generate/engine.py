@@ -36,7 +36,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -699,6 +699,7 @@ class Engine:
         with self._lock:
             gone = [s for s in self._waiting if s.cancelled]
             self._waiting = [s for s in self._waiting if not s.cancelled]
+            self.stats["waiting"] = len(self._waiting)
         for stream in gone:
             for i in range(stream.params.n):
                 self._end(_Choice(stream, i, None), "cancelled")
@@ -926,3 +927,19 @@ def _to_dtype(model: Any, dtype: str, device: torch.device) -> Any:
     if device.type != "cpu":
         model = model.to(device)
     return model.eval()
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    sampling: Any,
+    stops: Sequence[str] = (),
+    stop_after_code_block: bool = False,
+) -> list[list[str]]:
+    """`sampling.n` completions (text, cut at stops) for each formatted prompt of an HF causal model in
+    memory, decoded by the engine (`generate.engine`, the one decoding path); the tokenizer is not
+    modified."""
+    engine = Engine.for_model(model, tokenizer, max_batch=sampling.batch_size)
+    params = decode_params(sampling, list(stops), stop_after_code_block)
+    return [[c.text for c in choices] for choices in engine.generate(list(prompts), params)]
