@@ -349,3 +349,39 @@ def test_embedded_model_on_humaneval(tmp_path: Path) -> None:
     assert results["metrics"]["outcomes"] == counted
     assert results["metrics"]["pass@1"] == pytest.approx(counted["passed"] / 5)
     assert all(v["passed"] == (v["outcome"] == "passed") for v in verdicts)
+    # Each sample carries its mean token log-probability, what --best-of ranks by.
+    assert all(isinstance(s["mean_logprob"], float) for s in jsonl.read_jsonl(out / "samples.jsonl"))
+
+
+def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(tmp_path: Path) -> None:
+    """Issue 14 §3: of N samples, one that passes the prompt's >>> examples, by mean log-probability."""
+    _, problems, _ = load_problems("humaneval")
+    close, truncate = problems[0], problems[2]  # both have >>> examples in their prompts
+    rows = [
+        # HumanEval/0: the likeliest samples are wrong; the right one is the least likely
+        {"task_id": close.task_id, "completion": "    return False\n", "mean_logprob": -0.1},
+        {"task_id": close.task_id, "completion": close.canonical_solution, "mean_logprob": -0.9},
+        {"task_id": close.task_id, "completion": "    return True\n", "mean_logprob": -0.05},
+        # HumanEval/2: none passes the examples: the likeliest one is chosen (and is wrong)
+        {"task_id": truncate.task_id, "completion": "    return 0.0\n", "mean_logprob": -0.2},
+        {"task_id": truncate.task_id, "completion": "    return number\n", "mean_logprob": -0.1},
+        {"task_id": truncate.task_id, "completion": "    return 1.0\n", "mean_logprob": -0.3},
+    ]
+    samples = write_jsonl(tmp_path / "s.jsonl", rows)
+    problems_file = tmp_path / "p.jsonl"
+    from pycodegen.benchmarks import humaneval_path
+
+    lines = gzip.decompress(humaneval_path().read_bytes()).decode().splitlines()
+    problems_file.write_text(lines[0] + "\n" + lines[2] + "\n")
+    out = tmp_path / "e"
+    result = run_cli(
+        "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--best-of", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads((out / "results.json").read_text())["metrics"]
+    assert found["best_of_3_pass@1"] == 0.5 and found["tasks_selected_by_examples"] == 1
+    assert found["pass@1"] == pytest.approx(1 / 6)  # the samples as drawn
+    too_many = run_cli(
+        "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--best-of", "4"
+    )
+    assert too_many.returncode == 2 and "needs 4 samples per problem" in too_many.stderr

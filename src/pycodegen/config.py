@@ -255,6 +255,21 @@ class EvaluateConfig(SamplingConfig, ProblemSet, ExecutorConfig):
     max_new_tokens: int = Field(384, ge=1, description="Tokens generated per sample.")
     examples: bool = Field(True, description="Also run the prompt's >>> examples (filtered pass@1).")
     encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
+    best_of: int | None = Field(
+        None,
+        ge=2,
+        description="Also score selection by execution: of each problem's first N samples, one that passes "
+        "the prompt's >>> examples (highest mean log-probability); with --model, at least N are drawn.",
+    )
+    select: Literal["examples"] = Field(
+        "examples", description="How --best-of picks: examples = the prompt's >>> examples, in the sandbox."
+    )
+
+    @model_validator(mode="after")
+    def _best_of_needs_examples(self) -> EvaluateConfig:
+        if self.best_of is not None and not self.examples:
+            raise ValueError("--best-of selects by the prompt's examples: drop --no-examples")
+        return self
 
 
 class SelfTrainConfig(SamplingConfig, ExecutorConfig):

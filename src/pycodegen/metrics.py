@@ -65,6 +65,39 @@ def filtered_pass_at_1(samples: dict[str, list[tuple[bool | None, bool]]]) -> di
     }
 
 
+def best_of_pass_at_1(
+    samples: dict[str, list[tuple[bool | None, float | None, bool]]], n: int
+) -> dict[str, float | int]:
+    """Selection by execution (CodeT / AlphaCode style): per task, among its first `n` samples, those that
+    pass the prompt's `>>>` examples (all of them when the task has no usable examples, or when none
+    passes); of those, the one with the highest mean token log-probability (ties and unknown
+    log-probabilities: the earliest); its hidden-test result is the task's score.
+
+    `samples[task]` is [(passes_examples, mean_logprob, passes_tests)] in sample order.
+
+    >>> best_of_pass_at_1({
+    ...     "a": [(False, -0.1, False), (True, -0.9, True), (True, -0.5, False)],  # passing ones: -0.5 wins
+    ...     "b": [(False, -0.2, True), (False, -0.1, False)],  # none passes: the likelier one
+    ...     "c": [(None, -0.3, True), (None, None, False)],  # no examples: by log-probability
+    ... }, n=3)
+    {'best_of_3_pass@1': 0.3333333333333333, 'best_of': 3, 'tasks_selected_by_examples': 1}
+    """
+    scores, by_examples = [], 0
+    for results in samples.values():
+        head = results[:n]
+        passing = [i for i, (e, _, _) in enumerate(head) if e]
+        if passing:
+            by_examples += 1
+        pool = passing or list(range(len(head)))
+        best = max(pool, key=lambda i: (head[i][1] if head[i][1] is not None else -math.inf, -i))
+        scores.append(float(head[best][2]))
+    return {
+        f"best_of_{n}_pass@1": float(np.mean(scores)) if scores else 0.0,
+        "best_of": n,
+        "tasks_selected_by_examples": by_examples,
+    }
+
+
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu, 13a tokenisation), 0-100.
 

@@ -116,8 +116,10 @@ def compute_metrics(
     verdicts: dict[Key, dict[str, Any]],
     examples: dict[Key, dict[str, Any]],
     encoder: str | None,
+    best_of: int | None = None,
 ) -> dict[str, Any]:
-    """pass@k, example-filtered pass@1, outcome counts and text metrics of the given samples only."""
+    """pass@k, example-filtered pass@1, best-of-N selection by examples, outcome counts and text metrics of
+    the given samples only."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for s in sorted(samples, key=lambda s: (s["task_id"], s["sample_index"])):
         by_task.setdefault(s["task_id"], []).append(s)
@@ -134,6 +136,20 @@ def compute_metrics(
     result.update(metrics.pass_at_k_table(counts))
     if examples:
         result.update(metrics.filtered_pass_at_1(filtered))
+    if best_of is not None:
+        selection = {
+            task_id: [
+                (e, r.get("mean_logprob"), p) for r, (e, p) in zip(rows, filtered[task_id], strict=True)
+            ]
+            for task_id, rows in by_task.items()
+        }
+        fewest = min(len(rows) for rows in by_task.values()) if by_task else 0
+        if fewest < best_of:
+            raise PycodegenError(
+                f"--best-of {best_of} needs {best_of} samples per problem; the samples have {fewest} for some"
+            )
+        result.update(metrics.best_of_pass_at_1(selection, best_of))
+        result["select"] = "examples"
     outcomes = Counter(verdicts[(s["task_id"], s["sample_index"])]["outcome"] for s in samples)
     result["outcomes"] = {o: 0 for o in OUTCOMES} | dict(outcomes)
     # Text metrics: the first sample of each task (the greedy answer when n = 1), what the model wrote
@@ -245,9 +261,11 @@ def _run_sandboxed(
                 f" namespaces, {executor.isolation['network']})"
             )
             execute(jobs, verdict_log, executor, console, "tests")
+            started = time.perf_counter()
             if settings.examples and example_jobs:
                 execute(example_jobs, example_log, executor, console, "examples")
-            return verdict_log, example_log, executor.describe()
+            card = executor.describe() | {"examples_seconds": round(time.perf_counter() - started, 2)}
+            return verdict_log, example_log, card
     finally:
         verdict_log.close()
         example_log.close()
@@ -276,7 +294,9 @@ def score_samples(
     verdict_log, example_log, executor_card = _run_sandboxed(samples, problems, name, settings, console)
     elapsed = time.perf_counter() - started
     examples = example_log.verdicts if settings.examples else {}
-    result_metrics = compute_metrics(problems, samples, verdict_log.verdicts, examples, settings.encoder)
+    result_metrics = compute_metrics(
+        problems, samples, verdict_log.verdicts, examples, settings.encoder, settings.best_of
+    )
     scored = problem_set([s["task_id"] for s in samples], len(problem_list), settings.limit)
     results = {
         "metrics": result_metrics,
@@ -296,6 +316,7 @@ def score_samples(
             "text_metrics_encoder": str(resolve_encoder(settings.encoder)) if settings.encoder else None,
         },
         "execution_seconds": round(elapsed, 2),
+        "generation_seconds": meta.get("generation_seconds"),
     }
     if extra_metrics:
         result_metrics.setdefault("text_metrics", {}).update(extra_metrics)
@@ -328,9 +349,13 @@ def run_evaluation(cfg: EvaluateConfig, console: Console) -> dict[str, Any]:
 
     engine = Engine.load(cfg.model)  # once, for the samples and the reference perplexity
     samples = cfg.out / "samples.jsonl"
+    if cfg.best_of is not None and cfg.n < cfg.best_of:
+        cfg = cfg.model_copy(update={"n": cfg.best_of})  # --best-of N draws at least N samples
+    started = time.perf_counter()
     meta = generate_samples(
         cfg.model, problem_list, samples, cfg, benchmark=name, console=console, engine=engine
     )
+    meta["generation_seconds"] = round(time.perf_counter() - started, 2)  # this run's (a resume: the rest)
     references = [p.reference for p in problem_list if p.reference]
     extra = {}
     if references and engine.family == "hf-causal":  # a causal LM's perplexity of the reference solutions

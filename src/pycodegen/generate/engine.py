@@ -608,6 +608,11 @@ class Engine:
         self._wake.set()
         return stream
 
+    @property
+    def supports_logprobs(self) -> bool:
+        """Whether the model decodes step by step (and so can report token log-probabilities)."""
+        return not isinstance(self.backend, WholeBackend)
+
     def _validate(self, p: DecodeParams) -> None:
         if p.max_new_tokens < 1 or p.n < 1 or p.beams < 1:
             raise EngineError("max_new_tokens, n and beams must be at least 1")

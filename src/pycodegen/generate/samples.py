@@ -108,6 +108,8 @@ def generate_samples(
     todo = [p for p in problems if p.task_id not in done]
     finished = len([p for p in problems if p.task_id in done])
     params = decode_params(sampling, style_stops, stop_after_code_block=bool(meta["stop_after_code_block"]))
+    if engine.supports_logprobs:
+        params.logprobs = 0  # the chosen tokens' log-probabilities: mean_logprob ranks samples (--best-of)
 
     def prompt_text(p: Problem) -> str:
         return p.prompt if mode == "raw" else engine.format_prompt(p.instruction, mode)
@@ -131,6 +133,9 @@ def generate_samples(
                             "completion": completion,
                             "raw": choice.text,
                         }
+                        if choice.logprobs:
+                            lps = [t["logprob"] for t in choice.logprobs]
+                            row["mean_logprob"] = round(sum(lps) / len(lps), 6)
                         fh.write(dumps(row) + "\n")
                     fh.flush()  # a task is on disk whole before the next one is written
                     finished += 1
