@@ -198,7 +198,7 @@ def remote_names(
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return prelude, []  # the fork server reports that the tests do not compile
     names = referenced - test_bound - (prelude_bound - stubs) - set(vars(builtins))
-    if check and entry_point:
+    if entry_point:  # even one named like a builtin (MBPP 126 defines `sum`); if missing, the builtin
         names.add(entry_point)
     return prelude, sorted(names)
 

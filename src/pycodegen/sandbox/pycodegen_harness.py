@@ -28,6 +28,7 @@ IN_FD, OUT_FD = 3, 4
 SHARED_MODULES = frozenset({"math", "cmath", "re", "collections", "itertools", "functools", "heapq",
                             "string", "operator", "statistics", "fractions", "decimal", "bisect"})  # fmt: skip
 DETAIL = 2000
+MUTABLE = (list, dict, set, bytearray)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -107,8 +108,8 @@ def serve_program(job: dict) -> None:
             send(("raised", type(exc).__name__, text(exc)))
             continue
         # In-place mutation: the new state of every top-level mutable argument goes back with the answer.
-        copies = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
-        copies.update({k: a for k, a in kwargs.items() if type(a) in (list, dict, set, bytearray)})
+        copies = {i: a for i, a in enumerate(args) if type(a) in MUTABLE}
+        copies.update({k: a for k, a in kwargs.items() if type(a) in MUTABLE})
         send(("return", result, copies, type(result).__name__))
 
 

@@ -1,7 +1,9 @@
 """The wire codec between the sandboxed sample and the trusted checker. Standard library only.
 
 A value crosses as tagged, length-prefixed bytes: None, bool, int, float, complex, str, bytes,
-bytearray, list, tuple, dict, set, frozenset, a fixed table of built-in types (tests pass `int`, `str`,
+bytearray, list, tuple, dict, set, frozenset, the standard library's Counter, OrderedDict, defaultdict
+(with a built-in type or no default factory), deque, Fraction and Decimal (as their data: the receiver
+builds its own), a fixed table of built-in types (tests pass `int`, `str`,
 `float` as arguments: MBPP 533), and opaque remote-handle ids. The trusted side decodes with explicit
 limits (total bytes, nesting depth, element count, integer size) into fresh built-in objects; anything
 malformed or over a limit raises `WireError`, which the checker turns into the sample's `error` verdict.
@@ -14,6 +16,9 @@ carries tuples, sets, bytes or complex numbers, which tests compare by type and 
 
 from __future__ import annotations
 
+import collections
+import decimal
+import fractions
 import struct
 
 MAX_MESSAGE = 16 << 20  # bytes in one frame
@@ -22,6 +27,7 @@ MAX_ITEMS = 1 << 20  # elements (all containers of one frame together)
 MAX_INT_BYTES = 4096  # about 9,860 decimal digits
 # Built-in types that may cross as values (tests pass them as arguments), by fixed index.
 TYPES = (int, float, complex, str, bytes, bytearray, bool, list, tuple, dict, set, frozenset, type(None))
+MAPPINGS = {collections.Counter: b"C", collections.OrderedDict: b"O", collections.defaultdict: b"D"}
 _U32 = struct.Struct(">I")
 _F64 = struct.Struct(">d")
 _C128 = struct.Struct(">dd")
@@ -84,6 +90,24 @@ def _encode(value: object, out: bytearray, handle_of, depth: int) -> None:
         for key, item in items:
             _encode(key, out, handle_of, depth + 1)
             _encode(item, out, handle_of, depth + 1)
+    elif kind in MAPPINGS:
+        factory = b""
+        if kind is collections.defaultdict:
+            made = value.default_factory  # type: ignore[union-attr]
+            factory = bytes([next((i for i, t in enumerate(TYPES) if made is t), 255)])
+        items = list(dict.items(value))  # type: ignore[arg-type]
+        out += MAPPINGS[kind] + factory + _U32.pack(len(items))
+        for key, item in items:
+            _encode(key, out, handle_of, depth + 1)
+            _encode(item, out, handle_of, depth + 1)
+    elif kind is collections.deque:
+        items = list(value)  # type: ignore[call-overload]
+        out += b"q" + _U32.pack(len(items))
+        for item in items:
+            _encode(item, out, handle_of, depth + 1)
+    elif kind is fractions.Fraction or kind is decimal.Decimal:
+        data = str(value).encode()
+        out += (b"r" if kind is fractions.Fraction else b"m") + _U32.pack(len(data)) + data
     elif kind is type and any(value is t for t in TYPES):
         out += b"y" + bytes([next(i for i, t in enumerate(TYPES) if value is t)])
     else:
@@ -164,6 +188,35 @@ class _Reader:
                 except TypeError as exc:
                     raise WireError(f"bad dict key: {exc}") from exc
             return result
+        if tag in (b"C", b"O", b"D"):
+            factory = None
+            if tag == b"D":
+                index = self.take(1)[0]
+                factory = TYPES[index] if index < len(TYPES) else None
+            mapping: dict = (
+                collections.Counter()
+                if tag == b"C"
+                else collections.OrderedDict()
+                if tag == b"O"
+                else collections.defaultdict(factory)
+            )
+            for _ in range(self.count()):
+                key = self.value(depth + 1)
+                try:
+                    mapping[key] = self.value(depth + 1)
+                except TypeError as exc:
+                    raise WireError(f"bad dict key: {exc}") from exc
+            return mapping
+        if tag == b"q":
+            return collections.deque([self.value(depth + 1) for _ in range(self.count())])
+        if tag in (b"r", b"m"):
+            text = str(self.take(self.u32()), "ascii", "replace")
+            if len(text) > 10_000:
+                raise WireError("number too long")
+            try:
+                return fractions.Fraction(text) if tag == b"r" else decimal.Decimal(text)
+            except (ValueError, ArithmeticError) as exc:
+                raise WireError(f"bad number: {exc}") from exc
         if tag == b"y":
             index = self.take(1)[0]
             if index >= len(TYPES):
