@@ -18,7 +18,6 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import sys
 
 from pycodegen_wire import TYPES, WireError, decode, encode, read_frame, write_frame
 
@@ -317,4 +316,3 @@ def warm_up(program: str, test: str) -> None:
     namespace: dict = {"__name__": "__warm_up__"}
     exec(compile(program, "<warm-up>", "exec"), namespace)
     exec(compile(test, "<warm-up-tests>", "exec"), namespace)
-    sys.modules.get("ast")

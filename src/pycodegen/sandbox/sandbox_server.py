@@ -117,7 +117,9 @@ def install_seccomp() -> None:
     fbuf = ctypes.create_string_buffer(fprog, len(fprog))
     ulong = ctypes.c_ulong
     no_new_privs = libc.prctl(38, ulong(1), ulong(0), ulong(0), ulong(0))
-    if no_new_privs != 0 or libc.prctl(22, ulong(2), ctypes.c_void_p(ctypes.addressof(fbuf)), ulong(0), ulong(0)):
+    if no_new_privs != 0 or libc.prctl(
+        22, ulong(2), ctypes.c_void_p(ctypes.addressof(fbuf)), ulong(0), ulong(0)
+    ):
         raise OSError(ctypes.get_errno(), "seccomp")
 
 
@@ -198,15 +200,15 @@ def build_root(cfg: dict) -> dict:
         raise OSError(ctypes.get_errno(), "umount /.old")
     os.rmdir("/.old")
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
+    dirs: dict[str, int] = {}
+    for lib in libs:
+        dirs[os.path.dirname(lib)] = dirs.get(os.path.dirname(lib), 0) + 1
     return {
         "root": "pivot_root into a read-only tmpfs",
         "root_contents": [
-            stdlib + " (read-only; site-packages hidden)",
-            *libs,
-            "/dev/null",
-            "/dev/zero",
-            "/dev/urandom",
-            "/dev/random",
+            f"{stdlib} (read-only; site-packages hidden)",
+            *(f"{d}: {n} shared libraries (read-only)" for d, n in sorted(dirs.items())),
+            "/dev/null, /dev/zero, /dev/urandom, /dev/random",
             "/tmp (a fresh tmpfs per sample)",
         ],  # fmt: skip
     }
