@@ -24,8 +24,10 @@ from pycodegen_wire import TYPES, WireError, decode, encode, read_frame, write_f
 IN_FD, OUT_FD = 3, 4
 # Modules a test may use through a name the program imported (`math.isclose` with `import math` only in
 # the program): the checker imports its own copy instead of calling into the program's.
-SHARED_MODULES = frozenset({"math", "cmath", "re", "collections", "itertools", "functools", "heapq",
-                            "string", "operator", "statistics", "fractions", "decimal", "bisect"})  # fmt: skip
+SHARED_MODULES = frozenset(
+    "math cmath re collections itertools functools heapq string operator statistics fractions decimal "
+    "bisect".split()
+)
 DETAIL = 2000
 MUTABLE = (list, dict, set, bytearray)
 

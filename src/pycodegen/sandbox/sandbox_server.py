@@ -210,7 +210,7 @@ def build_root(cfg: dict) -> dict:
             *(f"{d}: {n} shared libraries (read-only)" for d, n in sorted(dirs.items())),
             "/dev/null, /dev/zero, /dev/urandom, /dev/random",
             "/tmp (a fresh tmpfs per sample)",
-        ],  # fmt: skip
+        ],
     }
 
 
