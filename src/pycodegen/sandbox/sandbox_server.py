@@ -52,6 +52,9 @@ import typing  # noqa: F401
 OUTPUT_CAP = 64 * 1024
 VERDICT_CAP = 16 * 1024
 ROOT_STAGE = "/tmp/.pycodegen-root"
+# Extension modules of no use without a terminal, a display or host databases: their libraries (X11, Tk,
+# ncurses, NIS, gdbm, ...) stay out of the root, and so do the modules' imports.
+NO_LIBS = ("_tkinter", "_curses", "readline", "nis", "_gdbm", "_dbm", "_ctypes_test", "_testcapi")
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
@@ -172,7 +175,10 @@ def build_root(cfg: dict) -> dict:
     stdlib = os.path.realpath(os.path.dirname(os.__file__))
     dynload = os.path.join(stdlib, "lib-dynload")
     binary = os.path.realpath(sys.executable)
-    libs = needed_libraries([binary, *glob.glob(os.path.join(dynload, "*.so"))])
+    modules = [
+        m for m in glob.glob(os.path.join(dynload, "*.so")) if not os.path.basename(m).startswith(NO_LIBS)
+    ]
+    libs = needed_libraries([binary, *modules])
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     root = ROOT_STAGE
     os.makedirs(root)
@@ -275,13 +281,8 @@ def program_main(job: dict, cfg: dict, fds: dict) -> None:
     """In the forked program process: confine, then serve the checker's calls. Never returns."""
     try:
         os.setsid()
-        if cfg.get("sample_ns"):
-            if libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
-                raise OSError(ctypes.get_errno(), "unshare")
-            owner = f",uid={cfg['uid']},gid={cfg['gid']}" if cfg.get("uid") is not None else ""
-            mount(
-                "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_bytes']},mode=700{owner}"
-            )
+        if cfg.get("sample_ns") and libc.unshare(CLONE_NEWIPC) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
         libc.syscall(SYS["keyctl"], KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0)  # may be refused: then seccomp
         set_limits(job["rlimits"])
         drop_privileges(cfg.get("uid"), cfg.get("gid"))
@@ -427,6 +428,10 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
     r_e, w_e = os.pipe()
     oom_before = oom.count()
     started = time.monotonic()
+    fresh_tmp = bool(cfg.get("sample_ns"))
+    if fresh_tmp:  # the sample's own tmpfs, unmounted (with all it holds) once its processes are gone
+        owner = f",uid={cfg['uid']},gid={cfg['gid']}" if cfg.get("uid") is not None else ""
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_bytes']},mode=700{owner}")
     sys.stdout.flush()
     program = os.fork()
     if program == 0:
@@ -446,8 +451,10 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
     checker_done_at = None
     while True:
         now = time.monotonic()
-        if checker_done_at is not None and (program in status or now - checker_done_at > 0.2):
-            break  # the checker has decided; give a program that just exited a moment to be reaped
+        if checker_done_at is not None and (
+            program in status or b'"gone": true' not in buffers[r_v] or now - checker_done_at > 0.2
+        ):
+            break  # decided; when the program's end is the verdict, give it a moment to be reaped
         if now >= deadline:
             timed_out = checker not in status
             break
@@ -459,6 +466,8 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
                 status[pid] = os.waitpid(pid, 0)[1]
                 if pid == checker:
                     checker_done_at = time.monotonic()
+                    while select.select([r_v], [], [], 0)[0] and read_into(r_v, buffers[r_v], caps[r_v]):
+                        pass
             elif not read_into(fd, buffers[fd], caps[fd]):
                 open_fds.discard(fd)
     for fd in list(open_fds):  # what is already in the pipes, without waiting for descendants
@@ -466,6 +475,8 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
             pass
     elapsed = time.monotonic() - started
     sweep([program, checker])
+    if fresh_tmp and libc.umount2(b"/tmp", MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), "umount /tmp")
     for fd in (*pidfds, *buffers):
         os.close(fd)
     verdict = None
@@ -523,7 +534,7 @@ def main() -> None:
         else None
     )
     info["per_sample"] = (
-        "fresh mount namespace with a tmpfs /tmp, fresh IPC namespace, new session keyring"
+        "a fresh tmpfs on /tmp (unmounted after the sample), a fresh IPC namespace, a new session keyring"
         if cfg["sample_ns"]
         else "no per-sample namespaces"
     )
