@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import builtins
 import functools
+import itertools
 import json
 import os
 import queue
@@ -133,6 +134,7 @@ def detect_isolation() -> dict[str, Any]:
 
 
 CONTROLLERS = ("memory", "pids", "cpu")
+_EXECUTOR_TAGS = itertools.count()
 UID_BASE = 1_900_000_000
 
 
@@ -230,11 +232,12 @@ class Worker:
         self.uid = base if isolation["sample_uid"] else None
         self.checker_uid = base + 1 if isolation["sample_uid"] else None
         self.restarts = 0
+        self.tag = next(_EXECUTOR_TAGS)
 
     def _make_cgroups(self) -> list[Path]:
         if not self.isolation.get("cgroup"):
             return []
-        name = f"pycodegen-{os.getpid()}-{self.index}"
+        name = f"pycodegen-{os.getpid()}-{self.tag}-{self.index}"  # `tag`: two executors in one process
         made = []
         for controller in CONTROLLERS:
             path = Path("/sys/fs/cgroup", controller, name)
@@ -463,11 +466,14 @@ def classify(job: Job, result: dict[str, Any]) -> Verdict:
 
     if "harness_error" in result:
         return verdict("error", f"sandbox: {result['harness_error']}")
-    if result.get("timed_out"):
-        return verdict("timeout", f"wall-clock limit reached after {elapsed} s")
     found = result.get("verdict")
     status, checker = exit_status("status"), exit_status("checker_status")
     oom = bool(result.get("oom"))
+    passed = isinstance(found, dict) and found.get("outcome") == "passed"
+    if oom and not passed:  # whatever else happened, the memory cgroup killed a process of the sample
+        return verdict("out of memory", "killed by the memory cgroup")
+    if result.get("timed_out"):
+        return verdict("timeout", f"wall-clock limit reached after {elapsed} s")
     checked = isinstance(found, dict) and checker is not None and os.WIFEXITED(checker)
     if checked and os.WEXITSTATUS(checker) == 0 and found.get("outcome") in OUTCOMES:  # type: ignore[union-attr]
         outcome, detail = str(found["outcome"]), str(found.get("detail", ""))  # type: ignore[index]
