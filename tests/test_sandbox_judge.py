@@ -228,7 +228,8 @@ def test_close_leaves_no_process_or_cgroup() -> None:
     with Executor(workers=2, timeout=2.0) as ex:
         uids = {w.uid for w in ex._pool} | {w.checker_uid for w in ex._pool}
         cgroups = [cg for w in ex._pool for cg in w.cgroups]
-        daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\ndef f(x):\n    return 2\n"
+        daemon = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\n"
+        daemon += "def f(x):\n    return 2\n"
         assert all(v.passed for v in ex.map([Job("d", i, daemon, "assert f(1) == 2\n") for i in range(4)]))
     time.sleep(0.2)
     assert len(cgroups) >= 4 and [cg for cg in cgroups if cg.exists()] == []
