@@ -437,12 +437,17 @@ def _parse(line: bytes | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def clean(text: str) -> str:
+    """Text any writer can encode: lone surrogates (from a program's messages) become U+FFFD."""
+    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
+
+
 def classify(job: Job, result: dict[str, Any]) -> Verdict:
     """Turn the fork server's report into a verdict: the checker's, refined by how the program ended."""
 
     def text(key: str) -> str:
         value = result.get(key, "")
-        return value if isinstance(value, str) else ""
+        return clean(value) if isinstance(value, str) else ""
 
     elapsed = result.get("elapsed", 0.0)
 
@@ -452,7 +457,7 @@ def classify(job: Job, result: dict[str, Any]) -> Verdict:
             job.sample_index,
             outcome,
             outcome == "passed",
-            detail[:DETAIL_OUTPUT],
+            clean(detail[:DETAIL_OUTPUT]),
             elapsed if isinstance(elapsed, int | float) else 0.0,
             text("stdout")[:DETAIL_OUTPUT],
             text("stderr")[-DETAIL_OUTPUT:],

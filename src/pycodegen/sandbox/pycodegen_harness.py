@@ -299,9 +299,12 @@ def run_checker(job: dict, code: dict, verdict_fd: int) -> None:
             raise rebuild(ready[1], ready[2])
         if ready[0] != "ready" or len(ready) != 2 or type(ready[1]) is not dict:
             raise BadMessage("malformed message from the program: expected its names")
+        wanted = set(job.get("names", []))
         for name, info in ready[1].items():
             if type(name) is not str or type(info) is not tuple or not info:
                 raise BadMessage("malformed message from the program: bad name entry")
+            if name not in wanted:  # only the names the tests reach in the program: never `abs` or `poly`
+                raise BadMessage(f"malformed message from the program: it announced {name[:100]!r}")
             if info[0] == "missing":
                 namespace.pop(name, None)
             elif info[0] == "data" and len(info) == 2:
