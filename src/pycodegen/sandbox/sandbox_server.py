@@ -42,6 +42,7 @@ import re
 import resource
 import select
 import signal
+import socket
 import string  # noqa: F401
 import struct
 import subprocess
@@ -281,9 +282,19 @@ def drop_privileges(uid: int | None, gid: int | None) -> None:
         os.setuid(uid)
 
 
-def program_main(job: dict, cfg: dict, fds: dict) -> None:
-    """In the forked program process: confine, then serve the checker's calls. Never returns."""
+def program_main(cfg: dict, fds: list[int]) -> None:
+    """In the forked program process: read its own request (program, setup, names, rlimits: never the
+    tests) from its pipe, confine itself, then serve the checker's calls. Never returns."""
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        into, reply, out, err, request = fds
+        chunks = []
+        while chunk := os.read(request, 1 << 20):
+            chunks.append(chunk)
+        os.close(request)
+        job = json.loads(b"".join(chunks))
+        fds = {"in": into, "reply": reply, "out": out, "err": err}  # type: ignore[assignment]
         os.setsid()
         if cfg.get("sample_ns") and _unshare(CLONE_NEWIPC) != 0:
             raise OSError(ctypes.get_errno(), "unshare")
@@ -345,27 +356,134 @@ def disable_sockets() -> None:
     socket.socketpair = refused  # type: ignore[assignment]
 
 
+class Programs:
+    """Where program processes come from. With a PID namespace: the zygote, PID 1, forked from the clean
+    server before any job was read; it never reads a job, so a program's memory holds no test code and
+    no earlier sample (a forked child inherits its parent's whole heap, freed strings included). Without
+    one: this process."""
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self.sock = sock
+        self.exits: dict[int, int] = {}
+
+    def spawn(self, cfg: dict, fds: list[int]) -> int:
+        if self.sock is None:
+            pid = os.fork()
+            if pid == 0:
+                program_main(cfg, fds)
+            return pid
+        socket.send_fds(self.sock, [b"fork"], fds)
+        while True:
+            kind, pid, status = self.receive()
+            if kind == b"pid":
+                return pid
+            self.exits[pid] = status
+
+    def receive(self) -> tuple[bytes, int, int]:
+        assert self.sock is not None
+        message = self.sock.recv(64)
+        if not message:
+            raise OSError("the zygote is gone")
+        kind, pid, status = [*message.split(), b"0"][:3]
+        return kind, int(pid), int(status)
+
+    def status(self, pid: int, wait: float) -> int | None:
+        """The program's exit status once it has ended (None if it has not within `wait` seconds)."""
+        if self.sock is None:
+            try:
+                done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+            except ChildProcessError:
+                return None
+            return status if done else None
+        deadline = time.monotonic() + wait
+        while pid not in self.exits:
+            remaining = deadline - time.monotonic()
+            if remaining < 0 or not select.select([self.sock], [], [], max(remaining, 0))[0]:
+                return None
+            kind, other, status = self.receive()
+            if kind == b"exit":
+                self.exits[other] = status
+        return self.exits.pop(pid)
+
+
+def zygote(cfg: dict, sock: socket.socket, server: int) -> None:
+    """PID 1's loop: fork a program process for each request (with the file descriptors it came with),
+    reap every process of the namespace, and report the programs' exit statuses. Never returns."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    programs: set[int] = set()
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if pid == server:
+                    os._exit(0)  # the namespace ends with its init
+                if pid in programs:
+                    programs.discard(pid)
+                    sock.send(b"exit %d %d" % (pid, status))
+        if sock in ready:
+            try:
+                _, fds, _, _ = socket.recv_fds(sock, 64, 8)
+            except OSError:
+                os._exit(0)
+            if not fds:
+                os._exit(0)
+            pid = os.fork()
+            if pid == 0:
+                os.close(wake_r)
+                os.close(wake_w)
+                sock.close()
+                program_main(cfg, fds)
+            for fd in fds:
+                os.close(fd)
+            programs.add(pid)
+            sock.send(b"pid %d" % pid)
+
+
 def sweep(children: list[int]) -> None:
-    """Kill everything the sample left behind and reap it."""
-    if os.getpid() == 1:
-        try:
-            os.kill(-1, signal.SIGKILL)  # as the namespace's init: every other process in it
-        except ProcessLookupError:
-            pass
-    else:
+    """Kill everything the sample left behind and wait until it is gone."""
+    deadline = time.monotonic() + 2
+    if os.getpid() != 1 and os.getppid() != 1:  # no PID namespace: the process groups we know of
         for child in children:
             try:
                 os.killpg(child, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    deadline = time.monotonic() + 2
     while time.monotonic() < deadline:
+        if os.getpid() == 1 or os.getppid() == 1:
+            try:  # every process of the namespace but init (the zygote) and this one, until none is left
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.001)
+            if os.getppid() != 1 or not _others_alive():
+                return
+        time.sleep(0.0005)
+
+
+def _others_alive() -> bool:
+    """Whether kill(-1) still finds a process (a zombie the zygote has not reaped yet counts)."""
+    try:
+        os.kill(-1, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class OomCounter:
@@ -418,7 +536,13 @@ def read_into(fd: int, buffer: bytearray, cap: int) -> bool:
     return True
 
 
-def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
     # Long on purpose: the two forks, their pipes and the parent's watch over them share the same file
     # descriptors and deadlines; read top to bottom it is one sample's life.
     try:
@@ -437,9 +561,15 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
         owner = f",uid={cfg['uid']},gid={cfg['gid']}" if cfg.get("uid") is not None else ""
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmpfs_bytes']},mode=700{owner}")
     sys.stdout.flush()
-    program = os.fork()
-    if program == 0:
-        program_main(job, cfg, {"in": to_program_r, "reply": to_checker_w, "out": w_o, "err": w_e})
+    request_r, request_w = os.pipe()
+    program = programs.spawn(cfg, [to_program_r, to_checker_w, w_o, w_e, request_r])
+    os.close(request_r)
+    keys = ("program", "setup", "names", "rlimits")
+    try:  # a program that ends before reading all of it closes the pipe: nothing to wait for then
+        write_all(request_w, json.dumps({k: job.get(k) for k in keys}).encode())
+    except OSError:
+        pass
+    os.close(request_w)
     checker = os.fork()
     if checker == 0:
         checker_main(job, cfg, code, {"in": to_checker_r, "out": to_program_w, "verdict": w_v})
@@ -467,7 +597,8 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
         for fd in ready:
             if fd in pidfds:
                 pid = pidfds[fd]
-                status[pid] = os.waitpid(pid, 0)[1]
+                got = os.waitpid(pid, 0)[1] if pid == checker else programs.status(pid, 0.5)
+                status[pid] = got if got is not None else -1
                 if pid == checker:
                     checker_done_at = time.monotonic()
                     while select.select([r_v], [], [], 0)[0] and read_into(r_v, buffers[r_v], caps[r_v]):
@@ -497,7 +628,7 @@ def run_job(job: dict, cfg: dict, oom: OomCounter) -> dict:
     return {
         "id": job.get("id"),
         "timed_out": timed_out,
-        "status": status.get(program),
+        "status": status.get(program) if status.get(program, -1) >= 0 else None,
         "checker_status": status.get(checker),
         "verdict": verdict,
         "oom": oom.count() > oom_before,
@@ -548,7 +679,26 @@ def main() -> None:
     # Everything loaded so far moves to the permanent generation: a sample's garbage collections then
     # never walk (and so never copy-on-write) the server's heap.
     gc.freeze()
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # what the programs inherit
+    programs = Programs(None)
+    if os.getpid() == 1:  # split: PID 1 stays clean (the zygote), a child reads the jobs
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        server = os.fork()
+        if server != 0:
+            ours.close()
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(null, fd)
+            if oom.fd is not None:
+                os.close(oom.fd)
+            zygote(cfg, theirs, server)
+        theirs.close()
+        programs = Programs(ours)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a program that closes its request pipe early
+    serve_jobs(cfg, info, oom, programs)
+
+
+def serve_jobs(cfg: dict, info: dict, oom: OomCounter, programs: Programs) -> None:
     out = sys.stdout
     out.write(json.dumps({"ready": True, **info}) + "\n")
     out.flush()
@@ -557,11 +707,12 @@ def main() -> None:
             continue
         job = json.loads(line)
         try:
-            result = run_job(job, cfg, oom)
+            result = run_job(job, cfg, oom, programs)
         except Exception as exc:
             result = {"id": job.get("id"), "harness_error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(result) + "\n")
         out.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
