@@ -32,6 +32,7 @@ SHARED_MODULES = frozenset(
 )
 DETAIL = 2000
 MUTABLE = (list, dict, set, bytearray)
+SET_CODES = (b"<", b">", b"\xbc", b"\xbe")  # marshal's set and frozenset type codes (with FLAG_REF)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -240,6 +241,8 @@ class Channel:
             if any(type(a) is bytearray for a in (*args, *kwargs.values())):
                 raise ValueError("bytearray")
             payload = head + marshal.dumps((args, kwargs))
+            if any(code in payload for code in SET_CODES):  # maybe a set: our codec keeps its order
+                raise ValueError("set")
         except ValueError:
             try:
                 payload = b"W" + head[1:] + encode((args, kwargs), outgoing)
