@@ -540,6 +540,11 @@ class Executor:
             self.close()
             raise PycodegenError("the sandbox fork servers did not start")
         self.isolation = {**self.isolation, **{k: v for k, v in self._pool[0].hello.items() if k != "ready"}}
+        self.isolation["judge"] = (
+            "a checker process that never runs program code decides the verdict; the program answers its "
+            "calls over a plain-data codec (pycodegen_wire)"
+            + (" as another uid" if self.isolation.get("sample_uid") else "")
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
