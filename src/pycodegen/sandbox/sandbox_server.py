@@ -1,19 +1,23 @@
 """The sandbox fork server: runs inside its own PID, network, mount, IPC and UTS namespaces, builds a
-minimal root once, and forks two processes per sample. Standard library only; started by `executor.py`.
+minimal root once, and starts two processes per sample. Standard library only; started by `executor.py`.
 
 Protocol: one JSON job per line on stdin, one JSON result per line on stdout.
 
 Why a fork server: the interpreter and common modules are loaded once, so a sample costs two forks
 rather than an interpreter start. Why PID 1 of a namespace: the samples cannot signal it (init ignores
-signals it has no handler for, even SIGKILL from inside), cannot see or signal anything outside, and
-after each sample `kill(-1, SIGKILL)` removes every process the sample left behind.
+signals it has no handler for, even SIGKILL from inside) and cannot see or signal anything outside.
 
 Per sample (see `pycodegen_harness` for what runs in each):
-- the PROGRAM process (untrusted): a fresh mount namespace with a fresh tmpfs on /tmp as its working
-  directory and a fresh IPC namespace (SysV shm/sem/msg and POSIX queues die with it), a new anonymous
-  session keyring, rlimits, the sample uid, a seccomp filter, no file descriptor but its own pipes;
-- the CHECKER process (trusted: never runs program code), as another uid, so the program can neither
-  signal nor ptrace it; it alone holds the verdict pipe.
+- the PROGRAM process (untrusted), forked by the zygote: PID 1, split off before any job was read and
+  never reading one, so that a program's memory holds no test code and no earlier sample. It gets a
+  fresh tmpfs on /tmp as its working directory (mounted by the job server for this sample, unmounted
+  once its processes are gone), a fresh IPC namespace (SysV shm/sem/msg and POSIX queues die with it),
+  a new anonymous session keyring, rlimits, the sample uid, a seccomp filter, no file descriptor but its
+  own pipes; it reads its request (program, setup code, names, rlimits: never the tests) itself;
+- the CHECKER process (trusted: never runs program code), forked by the job server as another uid, so
+  the program can neither signal nor ptrace it; it alone holds the verdict pipe.
+The job server (PID 1's child) reads the jobs, compiles the trusted code once per problem, enforces the
+wall-clock limit and afterwards kills every process of the namespace (`kill(-1)`) until none is left.
 
 The root both see (`build_root`): a read-only tmpfs with read-only binds of the interpreter's standard
 library (its site-packages hidden), the shared libraries its extension modules need, /dev/null,
