@@ -277,28 +277,34 @@ def describe(exc: BaseException) -> str:
 
 
 def run_checker(job: dict, code: dict, verdict_fd: int) -> None:
-    """Decide the verdict and write it (one JSON line) on `verdict_fd`. Never returns.
+    """Decide the verdict and write it (one JSON line) on `verdict_fd`. Never returns."""
+    write_verdict(verdict_fd, *decide(job, code))
+    os._exit(0)
+
+
+def write_verdict(verdict_fd: int, outcome: str, detail: str, gone: bool) -> None:
+    line = json.dumps({"outcome": outcome, "detail": detail[:DETAIL], "gone": gone}) + "\n"
+    os.write(verdict_fd, line.encode())
+
+
+def decide(job: dict, code: dict) -> tuple[str, str, bool]:
+    """(outcome, detail, whether the program's process ended during the tests).
 
     `code` holds the prelude and test code, compiled by the fork server (trusted, cached per problem).
     """
     channel = Channel(IN_FD, OUT_FD)
-
-    def report(outcome: str, detail: str = "", gone: bool = False) -> None:
-        line = json.dumps({"outcome": outcome, "detail": detail[:DETAIL], "gone": gone}) + "\n"
-        os.write(verdict_fd, line.encode())
-        os._exit(0)
 
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     try:
         if code.get("prelude") is not None:
             exec(code["prelude"], namespace)
     except BaseException as exc:
-        report("error", f"the problem's prompt does not run: {describe(exc)}")
+        return ("error", f"the problem's prompt does not run: {describe(exc)}", False)
     try:
         ready = channel.receive()
         if ready[0] == "raised" and len(ready) == 4:
             if ready[3] == "syntax":
-                report("syntax error", f"{str(ready[1])[:100]}: {ready[2]!s}")
+                return ("syntax error", f"{str(ready[1])[:100]}: {ready[2]!s}", False)
             raise rebuild(ready[1], ready[2])
         if ready[0] != "ready" or len(ready) != 2 or type(ready[1]) is not dict:
             raise BadMessage("malformed message from the program: expected its names")
@@ -327,17 +333,17 @@ def run_checker(job: dict, code: dict, verdict_fd: int) -> None:
         if check:
             entry = job["entry_point"]
             if entry not in namespace:
-                report("error", f"NameError: the program does not define {entry!r}")
+                return ("error", f"NameError: the program does not define {entry!r}", False)
             namespace[check](namespace[entry])
     except AssertionError as exc:
-        report("failed", describe(exc))
+        return ("failed", describe(exc), False)
     except MemoryError as exc:
-        report("out of memory", describe(exc))
+        return ("out of memory", describe(exc), False)
     except ProgramGone as exc:
-        report("error", str(exc), gone=True)
+        return ("error", str(exc), True)
     except BaseException as exc:
-        report("error", describe(exc))
-    report("passed")
+        return ("error", describe(exc), False)
+    return ("passed", "", False)
 
 
 def warm_up(program: str, test: str) -> None:

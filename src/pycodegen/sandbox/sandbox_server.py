@@ -348,6 +348,127 @@ def checker_main(job: dict, cfg: dict, code: dict, fds: dict) -> None:
     os._exit(71)
 
 
+class Checker:
+    """The worker's long-lived checker process (trusted, the checker uid, seccomp): a sample costs it a
+    message (its pipes arrive with SCM_RIGHTS), not a fork, a confinement and an exit. Replaced when it
+    dies, or when a sample's time runs out while it is still busy."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.pidfd: int | None = None
+
+    def ensure(self, limits: dict) -> None:
+        if self.pid is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            checker_server(self.cfg, limits, theirs.fileno())
+        theirs.close()
+        self.pid, self.sock, self.pidfd = pid, ours, os.pidfd_open(pid)
+
+    def submit(self, fds: list[int], job: bytes) -> None:
+        assert self.sock is not None
+        r_job, w_job = os.pipe()
+        try:
+            socket.send_fds(self.sock, [b"job"], [*fds, r_job])
+        finally:
+            os.close(r_job)
+        try:
+            write_all(w_job, job)
+        finally:
+            os.close(w_job)
+
+    def stop(self) -> int | None:
+        """Kill it (if alive) and return its exit status."""
+        if self.pid is None:
+            return None
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        status = self.reap()
+        return status
+
+    def reap(self) -> int | None:
+        status = None
+        if self.pid is not None:
+            try:
+                status = os.waitpid(self.pid, 0)[1]
+            except ChildProcessError:
+                pass
+        for closer in (
+            self.sock.close if self.sock else None,
+            (lambda: os.close(self.pidfd)) if self.pidfd else None,
+        ):
+            if closer is not None:
+                closer()
+        self.pid, self.sock, self.pidfd = None, None, None
+        return status
+
+
+def checker_server(cfg: dict, limits: dict, sockfd: int) -> None:
+    """The long-lived checker's loop: for each sample, its pipes and job; the verdict on its pipe."""
+    try:
+        os.setsid()
+        set_limits({k: v for k, v in limits.items() if k != "RLIMIT_CPU"})  # cumulative: the clock rules
+        drop_privileges(cfg.get("checker_uid"), cfg.get("checker_uid"))
+        if cfg.get("seccomp"):
+            install_seccomp()
+        null = os.open("/dev/null", os.O_RDWR)
+        place_fds({0: null, 1: null, 2: null, 3: null, 4: null, 5: null, 6: sockfd})
+        sock = socket.socket(fileno=6)
+        from pycodegen_harness import decide, write_verdict
+
+        while True:
+            _, fds, _, _ = socket.recv_fds(sock, 16, 4)
+            if len(fds) != 4:
+                os._exit(0)
+            into, out, verdict, request = fds
+            chunks = []
+            while chunk := os.read(request, 1 << 20):
+                chunks.append(chunk)
+            os.close(request)
+            for target, fd in ((3, into), (4, out), (5, verdict)):
+                os.dup2(fd, target)
+                os.close(fd)
+            try:
+                job = json.loads(b"".join(chunks))
+                result = decide(job, trusted_code(job))
+            except BaseException as exc:  # the checker's own failure: say what it was (trusted text)
+                result = ("error", f"sandbox checker: {type(exc).__name__}: {exc}", False)
+            try:
+                write_verdict(5, *result)
+            except OSError:
+                pass
+            for fd in (3, 4, 5):
+                os.dup2(0, fd)  # /dev/null over this sample's pipes: the program sees the end of its input
+    except BaseException:
+        os._exit(70)
+
+
+def sweep_uid(uid: int, programs: Programs) -> None:
+    """Kill every process of the sample uid (the long-lived checker, another uid, stays) until the zygote
+    has none left: kill(-1) with the effective uid of the sample reaches exactly its processes."""
+    # kill(-1) cannot say when they are all gone here (it counts the processes it may not signal too), so:
+    # kill, wait for the zygote to have reaped the program process, kill once more (whatever the program
+    # forked meanwhile was already signalled: a process being SIGKILLed cannot finish a fork).
+    deadline = time.monotonic() + 2
+    for attempt in range(2):
+        os.seteuid(uid)
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.seteuid(0)
+        while attempt == 0 and not programs.empty() and time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+
 def disable_sockets() -> None:
     """Fallback when no network namespace could be made: sockets raise inside the sample."""
     import socket
@@ -390,6 +511,16 @@ class Programs:
             raise OSError("the zygote is gone")
         kind, pid, status = [*message.split(), b"0"][:3]
         return kind, int(pid), int(status)
+
+    def empty(self) -> bool:
+        """Whether the zygote has no child left (every process of the sample is gone and reaped)."""
+        assert self.sock is not None
+        self.sock.send(b"empty?")
+        while True:
+            kind, pid, status = self.receive()
+            if kind == b"empty":
+                return bool(status)
+            self.exits[pid] = status
 
     def status(self, pid: int, wait: float) -> int | None:
         """The program's exit status once it has ended (None if it has not within `wait` seconds)."""
@@ -440,9 +571,22 @@ def zygote(cfg: dict, sock: socket.socket, server: int) -> None:
                     sock.send(b"exit %d %d" % (pid, status))
         if sock in ready:
             try:
-                _, fds, _, _ = socket.recv_fds(sock, 64, 8)
+                message, fds, _, _ = socket.recv_fds(sock, 64, 8)
             except OSError:
                 os._exit(0)
+            if message == b"empty?":  # whether the program processes it forked are gone and reaped
+                try:
+                    while True:
+                        pid, status = os.waitpid(-1, os.WNOHANG)
+                        if pid == 0:
+                            break
+                        if pid in programs:
+                            programs.discard(pid)
+                            sock.send(b"exit %d %d" % (pid, status))
+                except ChildProcessError:
+                    pass
+                sock.send(b"empty 0 %d" % (not programs))
+                continue
             if not fds:
                 os._exit(0)
             pid = os.fork()
@@ -546,7 +690,7 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
+def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs, checkers: Checker | None) -> dict:
     # Long on purpose: the two forks, their pipes and the parent's watch over them share the same file
     # descriptors and deadlines; read top to bottom it is one sample's life.
     try:
@@ -574,12 +718,26 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
     except OSError:
         pass
     os.close(request_w)
-    checker = os.fork()
-    if checker == 0:
-        checker_main(job, cfg, code, {"in": to_checker_r, "out": to_program_w, "verdict": w_v})
+    lasting = checkers is not None
+    if checkers is not None:
+        checkers.ensure(job["checker_rlimits"])
+        keys = ("prelude", "test", "names", "check", "entry_point")
+        try:
+            checkers.submit(
+                [to_checker_r, to_program_w, w_v], json.dumps({k: job.get(k) for k in keys}).encode()
+            )
+        except OSError:
+            pass  # it died: seen below through its pidfd
+        assert checkers.pid is not None and checkers.pidfd is not None
+        checker, checker_pidfd = checkers.pid, os.dup(checkers.pidfd)
+    else:
+        checker = os.fork()
+        if checker == 0:
+            checker_main(job, cfg, code, {"in": to_checker_r, "out": to_program_w, "verdict": w_v})
+        checker_pidfd = os.pidfd_open(checker)
     for fd in (to_program_r, to_program_w, to_checker_r, to_checker_w, w_v, w_o, w_e):
         os.close(fd)
-    pidfds = {os.pidfd_open(program): program, os.pidfd_open(checker): checker}
+    pidfds = {os.pidfd_open(program): program, checker_pidfd: checker}
     buffers = {r_v: bytearray(), r_o: bytearray(), r_e: bytearray()}
     caps = {r_v: VERDICT_CAP, r_o: OUTPUT_CAP, r_e: OUTPUT_CAP}
     open_fds = set(buffers)
@@ -593,6 +751,8 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
             program in status or b'"gone": true' not in buffers[r_v] or now - checker_done_at > 0.2
         ):
             break  # decided; when the program's end is the verdict, give it a moment to be reaped
+        if lasting and checker_done_at is None and r_v not in open_fds:
+            checker_done_at, status[checker] = now, 0  # the long-lived checker closed the verdict pipe
         if now >= deadline:
             timed_out = checker not in status
             break
@@ -601,8 +761,14 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
         for fd in ready:
             if fd in pidfds:
                 pid = pidfds[fd]
-                got = os.waitpid(pid, 0)[1] if pid == checker else programs.status(pid, 0.5)
+                if pid == checker and lasting:
+                    got = None
+                else:
+                    got = os.waitpid(pid, 0)[1] if pid == checker else programs.status(pid, 0.5)
                 status[pid] = got if got is not None else -1
+                if pid == checker and lasting:  # the long-lived checker died: replaced next time
+                    status[pid] = checkers.reap() or 0  # type: ignore[union-attr]
+                    status[pid] = status[pid] if status[pid] else 9
                 if pid == checker:
                     checker_done_at = time.monotonic()
                     while select.select([r_v], [], [], 0)[0] and read_into(r_v, buffers[r_v], caps[r_v]):
@@ -613,7 +779,12 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs) -> dict:
         while select.select([fd], [], [], 0)[0] and read_into(fd, buffers[fd], caps[fd]):
             pass
     elapsed = time.monotonic() - started
-    sweep([program, checker])
+    if lasting:
+        if checker_done_at is None and checkers is not None:  # still busy with this sample: replace it
+            checkers.stop()
+        sweep_uid(cfg["uid"], programs)
+    else:
+        sweep([program, checker])
     if fresh_tmp and _umount2(b"/tmp", MNT_DETACH) != 0:
         raise OSError(ctypes.get_errno(), "umount /tmp")
     for fd in (*pidfds, *buffers):
@@ -703,6 +874,8 @@ def main() -> None:
 
 
 def serve_jobs(cfg: dict, info: dict, oom: OomCounter, programs: Programs) -> None:
+    # The long-lived checker needs the uid-scoped sweep, so a separate uid and the zygote.
+    checkers = Checker(cfg) if cfg.get("uid") is not None and programs.sock is not None else None
     out = sys.stdout
     out.write(json.dumps({"ready": True, **info}) + "\n")
     out.flush()
@@ -711,7 +884,7 @@ def serve_jobs(cfg: dict, info: dict, oom: OomCounter, programs: Programs) -> No
             continue
         job = json.loads(line)
         try:
-            result = run_job(job, cfg, oom, programs)
+            result = run_job(job, cfg, oom, programs, checkers)
         except Exception as exc:
             result = {"id": job.get("id"), "harness_error": f"{type(exc).__name__}: {exc}"}
         out.write(json.dumps(result) + "\n")
