@@ -228,11 +228,11 @@ class Worker:
         self.buffer = b""
         self.cgroups: list[Path] = []
         self.hello: dict[str, Any] = {}
-        base = UID_BASE + (os.getpid() % 1_000_000) * 128 + 2 * (index % 64)
+        self.restarts = 0
+        self.tag = next(_EXECUTOR_TAGS)  # unique per worker in this process (two executors at once)
+        base = UID_BASE + (os.getpid() % 1_000_000) * 128 + 2 * (self.tag % 64)
         self.uid = base if isolation["sample_uid"] else None
         self.checker_uid = base + 1 if isolation["sample_uid"] else None
-        self.restarts = 0
-        self.tag = next(_EXECUTOR_TAGS)
 
     def _make_cgroups(self) -> list[Path]:
         if not self.isolation.get("cgroup"):
