@@ -76,15 +76,41 @@ def generated_code(problem: Problem, completion: str) -> str:
     return "".join(lines[body[0].lineno - 1 : node.end_lineno])
 
 
+def split_setup(test: str) -> tuple[str, str]:
+    """(setup, tests) of MBPP-style test code: the leading statements that are not asserts build inputs
+    from the program's classes (MBPP 367 and 927 build trees with `Node`), so they run in the program's
+    process; the asserts run in the checker.
+
+    >>> split_setup("root = Node(1)\nroot.left = Node(2)\nassert f(root) == 2\n")
+    ('root = Node(1)\nroot.left = Node(2)\n', 'assert f(root) == 2\n')
+    >>> split_setup("assert f(1) == 2")
+    ('', 'assert f(1) == 2')
+    """
+    tree = try_parse(test)
+    if tree is None or not tree.body or isinstance(tree.body[0], ast.Assert):
+        return "", test
+    first = next((n for n in tree.body if isinstance(n, ast.Assert)), None)
+    if first is None:
+        return "", test
+    lines = test.splitlines(keepends=True)
+    return "".join(lines[: first.lineno - 1]), "".join(lines[first.lineno - 1 :])
+
+
 def job_for(problem: Problem, completion: str, sample_index: int) -> Job:
+    """The sandbox job of one sample. HumanEval style: the checker runs the prompt itself (`prelude`:
+    its imports and helpers such as `poly`, and the entry point's stub, which the RPC proxy replaces), so
+    a program that redefines a helper cannot change what the tests compute."""
+    setup, test = split_setup(problem.test) if problem.style == "mbpp" else ("", problem.test)
     return Job(
         problem.task_id,
         sample_index,
         program_for(problem, completion),
-        problem.test,
+        test,
         entry_point=problem.entry_point,
         check=problem.check,
         entry_points=[problem.entry_point],
+        prelude=problem.prompt if problem.style != "mbpp" else "",
+        setup=setup,
     )
 
 
@@ -103,4 +129,5 @@ def example_job_for(problem: Problem, completion: str, sample_index: int) -> Job
         program_for(problem, completion),
         test,
         entry_points=[problem.entry_point],
+        prelude=problem.prompt if problem.style != "mbpp" else "",
     )

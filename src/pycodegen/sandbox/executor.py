@@ -1,24 +1,31 @@
-"""The sandboxed executor: runs every sample in its own process and decides its verdict in the parent.
+"""The sandboxed executor: runs every sample in the sandbox and turns the fork server's report into a verdict.
 
-Each worker is a fork server (`sandbox/sandbox_server.py`) started in new PID, network, mount and IPC
-namespaces (`unshare`), inside its own memory and pids cgroups where the machine allows. A sample is a
-child forked from it that drops to an unprivileged uid, gets rlimits (address space, CPU, file size,
-processes, open files), a fresh working directory on a private tmpfs (HOME and TMPDIR inside it), no
-network, and stdout/stderr capped. The fork server enforces the wall-clock timeout and kills whatever
-the sample left behind; this process is the backstop: a worker that does not answer in time + 2 s is
-killed with its whole namespace and restarted. Which isolation was used is recorded (`isolation`).
+Each worker is a fork server (`sandbox/sandbox_server.py`) started in new PID, network, mount, IPC and
+UTS namespaces (`unshare`), inside its own memory, pids and cpu cgroups where the machine allows, in a
+minimal root it builds once (the interpreter's standard library, a few devices, nothing of the host).
+Per sample it forks the program (untrusted, sample uid, fresh /tmp, IPC namespace and keyring, seccomp)
+and a checker (trusted, another uid) that runs the tests and calls the program's functions through a
+plain-data RPC (`pycodegen_harness`, `pycodegen_wire`): the verdict is decided by a process that never
+runs program code. The fork server enforces the wall-clock timeout and kills whatever the sample left
+behind; this process is the backstop: a worker that does not answer in time + 2 s, says something it
+cannot parse, or saw an out-of-memory kill is stopped (with its namespace and cgroups) and restarted.
+No sample can end the run: every failure while running one job becomes that job's verdict.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import functools
+import itertools
 import json
 import os
 import queue
-import secrets
 import select
 import shutil
 import signal
 import subprocess
+import symtable
 import sys
 import threading
 import time
@@ -58,7 +65,9 @@ class Job:
     test: str
     entry_point: str | None = None
     check: str | None = None  # HumanEval: "check", called with the entry point
-    entry_points: list[str] = field(default_factory=list)  # names whose return values must be plain data
+    entry_points: list[str] = field(default_factory=list)  # kept for callers; every call is checked now
+    prelude: str = ""  # trusted code the checker runs before the tests (HumanEval: the prompt)
+    setup: str = ""  # trusted code run in the program's process after it (MBPP: building test inputs)
 
 
 @dataclass
@@ -117,16 +126,21 @@ def detect_isolation() -> dict[str, Any]:
         )
     cg = Path("/sys/fs/cgroup")
     info["cgroup"] = (
-        "v1 memory+pids"
+        "v1 memory+pids" + ("+cpu" if os.access(cg / "cpu" / "cpu.shares", os.W_OK) else "")
         if root and os.access(cg / "memory", os.W_OK) and os.access(cg / "pids", os.W_OK)
         else None
     )
     return info
 
 
+CONTROLLERS = ("memory", "pids", "cpu")
+_EXECUTOR_TAGS = itertools.count()
+UID_BASE = 1_900_000_000
+
+
 def remove_stale_cgroups() -> None:
     """Remove the (empty) cgroups of pycodegen runs that were killed before they could clean up."""
-    for controller in ("memory", "pids"):
+    for controller in CONTROLLERS:
         for path in Path("/sys/fs/cgroup", controller).glob("pycodegen-*-*"):
             owner = path.name.split("-")[1]
             if owner.isdigit() and not Path(f"/proc/{owner}").exists():
@@ -136,32 +150,119 @@ def remove_stale_cgroups() -> None:
                     pass  # still has processes: a sample of that run is finishing
 
 
+def _scope_names(code: str) -> tuple[set[str], set[str], set[str]]:
+    """(module-level names referenced anywhere, names the module binds, functions that are only stubs)."""
+    table = symtable.symtable(code, "<code>", "exec")
+    referenced: set[str] = set()
+    bound: set[str] = set()
+    stack = [table]
+    while stack:
+        scope = stack.pop()
+        for sym in scope.get_symbols():
+            name = sym.get_name()
+            if scope.get_type() == "module":
+                if sym.is_assigned() or sym.is_imported() or sym.is_namespace():
+                    bound.add(name)
+                if sym.is_referenced():
+                    referenced.add(name)
+            elif sym.is_global() and sym.is_referenced():
+                referenced.add(name)
+            if sym.is_declared_global() and sym.is_assigned():
+                bound.add(name)
+        stack.extend(scope.get_children())
+    stubs = set()
+    for node in ast.parse(code).body:  # `def f(): """doc"""` (HumanEval's entry point in its prompt)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and all(
+            isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            for s in node.body
+        ):
+            stubs.add(node.name)
+    return referenced, bound, stubs
+
+
+@functools.lru_cache(maxsize=4096)
+def remote_names(
+    prelude: str, test: str, entry_point: str | None, check: str | None
+) -> tuple[str, list[str]]:
+    """(the prelude to run, the names the tests reach in the program).
+
+    A name the test code uses but neither it, the prelude (except its stub functions) nor the builtins
+    define is the program's: the checker binds it to what the program's process reports for it (plain
+    data, a callable proxy, an inert handle). A prelude that does not parse is not run (its names then
+    come from the program too).
+    """
+    try:
+        _, prelude_bound, stubs = _scope_names(prelude) if prelude else (set(), set(), set())
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        prelude, prelude_bound, stubs = "", set(), set()
+    try:
+        referenced, test_bound, _ = _scope_names(test)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return prelude, []  # the fork server reports that the tests do not compile
+    names = referenced - test_bound - (prelude_bound - stubs) - set(vars(builtins))
+    if entry_point:  # even one named like a builtin (MBPP 126 defines `sum`); if missing, the builtin
+        names.add(entry_point)
+    return prelude, sorted(names)
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL, or 'signal 40' for a number the signal module has no name for."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 class Worker:
     """One fork server and the thread-side protocol to talk to it."""
 
-    def __init__(self, index: int, isolation: dict[str, Any], limits: Limits) -> None:
+    def __init__(
+        self, index: int, isolation: dict[str, Any], limits: Limits, closed: threading.Event
+    ) -> None:
         self.index = index
         self.isolation = isolation
         self.limits = limits
+        self.closed = closed
+        self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.buffer = b""
         self.cgroups: list[Path] = []
-        self.uid = 1_900_000_000 + (os.getpid() % 1_000_000) * 16 + index if isolation["sample_uid"] else None
+        self.hello: dict[str, Any] = {}
+        self.restarts = 0
+        self.tag = next(_EXECUTOR_TAGS)  # unique per worker in this process (two executors at once)
+        base = UID_BASE + (os.getpid() % 1_000_000) * 128 + 2 * (self.tag % 64)
+        self.uid = base if isolation["sample_uid"] else None
+        self.checker_uid = base + 1 if isolation["sample_uid"] else None
 
     def _make_cgroups(self) -> list[Path]:
         if not self.isolation.get("cgroup"):
             return []
-        name = f"pycodegen-{os.getpid()}-{self.index}"
-        memory = Path("/sys/fs/cgroup/memory") / name
-        pids = Path("/sys/fs/cgroup/pids") / name
-        for path in (memory, pids):
+        name = f"pycodegen-{os.getpid()}-{self.tag}-{self.index}"  # `tag`: two executors in one process
+        made = []
+        for controller in CONTROLLERS:
+            path = Path("/sys/fs/cgroup", controller, name)
+            if controller == "cpu" and not os.access(path.parent, os.W_OK):
+                continue
             path.mkdir(exist_ok=True)
+            made.append(path)
+        memory, pids = made[0], made[1]
         # The fork server itself is in the group too; give it room on top of the sample's budget.
         (memory / "memory.limit_in_bytes").write_text(str(self.limits.memory_bytes + (96 << 20)))
-        (pids / "pids.max").write_text(str(self.limits.processes + 4))
-        return [memory, pids]
+        (pids / "pids.max").write_text(str(self.limits.processes + 8))
+        if len(made) == 3:
+            # Equal shares: under contention each worker's group gets its part of the machine, however
+            # many processes a sample starts. No CFS quota: it throttled the program and checker of one
+            # sample, which run in turn but in bursts on both cores, and halved throughput.
+            (made[2] / "cpu.shares").write_text("1024")
+        return made
 
     def start(self) -> None:
+        with self.lock:
+            if self.closed.is_set():
+                raise PycodegenError("the executor is closed")
+            self._start()
+
+    def _start(self) -> None:
         self.cgroups = self._make_cgroups()
         cfg = {
             "harness_dir": str(SANDBOX_DIR),
@@ -169,6 +270,7 @@ class Worker:
             "net_ns": "net" in self.isolation["namespaces"],
             "uid": self.uid,
             "gid": self.uid,
+            "checker_uid": self.checker_uid,
             "tmpfs_bytes": self.limits.tmpfs_bytes,
             "memory_cgroup": str(self.cgroups[0]) if self.cgroups else None,
         }
@@ -198,16 +300,18 @@ class Worker:
             env=SERVER_ENV,
         )
         self.buffer = b""
-        hello = self._read_line(30.0)
-        if hello is None or not json.loads(hello).get("ready"):
-            self.stop()
+        hello = _parse(self._read_line(30.0))
+        if hello is None or hello.get("ready") is not True:
+            self._stop()
             raise PycodegenError("the sandbox fork server did not start (is `unshare` allowed here?)")
-        self.hello = json.loads(hello)
+        self.hello = hello
 
     def _read_line(self, timeout: float) -> bytes | None:
-        assert self.proc is not None and self.proc.stdout is not None
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            return None
         deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
+        fd = proc.stdout.fileno()
         while b"\n" not in self.buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
@@ -220,6 +324,10 @@ class Worker:
         return line
 
     def stop(self) -> None:
+        with self.lock:
+            self._stop()
+
+    def _stop(self) -> None:
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -231,41 +339,64 @@ class Worker:
                     stream.close()
             self.proc = None
         for cg in self.cgroups:
-            for _ in range(50):  # rmdir fails while the killed processes are still leaving
+            for _ in range(100):  # rmdir fails while the killed processes are still leaving
                 try:
                     cg.rmdir()
+                    break
+                except FileNotFoundError:
                     break
                 except OSError:
                     time.sleep(0.02)
         self.cgroups = []
 
     def run(self, job: Job, timeout: float) -> Verdict:
+        """The job's verdict; never raises (a failure of the sandbox is this job's `error`)."""
+        started = time.monotonic()
+        try:
+            verdict, restart = self._run(job, timeout)
+        except Exception as exc:
+            verdict, restart = Verdict(job.task_id, job.sample_index, "error", False, f"sandbox: {exc}"), True
+        if restart:  # the whole namespace goes with it; a fresh server starts on the next job
+            self.stop()
+            self.restarts += 1
+        verdict.elapsed = verdict.elapsed or round(time.monotonic() - started, 4)
+        return verdict
+
+    def _run(self, job: Job, timeout: float) -> tuple[Verdict, bool]:
         if self.proc is None:
             self.start()
-        assert self.proc is not None and self.proc.stdin is not None
-        nonce = secrets.token_hex(16)
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None
+        prelude, names = remote_names(job.prelude, job.test, job.entry_point, job.check)
         request = {
             "id": f"{job.task_id}#{job.sample_index}",
-            "nonce": nonce,
             "timeout": timeout,
             "program": job.program,
+            "setup": job.setup,
+            "prelude": prelude,
             "test": job.test,
             "entry_point": job.entry_point,
             "check": job.check,
-            "entry_points": job.entry_points,
+            "names": names,
             "rlimits": self._rlimits(timeout),
+            "checker_rlimits": {
+                "RLIMIT_AS": self.limits.memory_bytes,
+                "RLIMIT_CPU": int(timeout) + 1,
+                "RLIMIT_FSIZE": 0,
+                "RLIMIT_NOFILE": 64,
+                "RLIMIT_CORE": 0,
+            },
         }
         started = time.monotonic()
         try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
+            proc.stdin.write((json.dumps(request) + "\n").encode())
+            proc.stdin.flush()
             line = self._read_line(timeout + GRACE_SECONDS)
-        except (BrokenPipeError, OSError):
+        except (BrokenPipeError, OSError, ValueError):
             line = None
         if line is None:
             overran = time.monotonic() - started >= timeout
-            self.stop()  # the whole namespace goes with it; a fresh server starts on the next job
-            return Verdict(
+            verdict = Verdict(
                 job.task_id,
                 job.sample_index,
                 "timeout" if overran else "killed",
@@ -273,9 +404,15 @@ class Worker:
                 "the sandbox did not answer in time and was restarted"
                 if overran
                 else "the sandbox died during the sample and was restarted",
-                time.monotonic() - started,
+                round(time.monotonic() - started, 4),
             )
-        return classify(job, json.loads(line), nonce)
+            return verdict, True
+        result = _parse(line)
+        if result is None or result.get("id") != request["id"]:
+            bad = Verdict(job.task_id, job.sample_index, "error", False, "sandbox: unreadable report")
+            return bad, True
+        verdict = classify(job, result)
+        return verdict, bool(result.get("oom"))  # after any OOM: a fresh worker and fresh cgroups
 
     def _rlimits(self, timeout: float) -> dict[str, int]:
         limits = {
@@ -290,8 +427,30 @@ class Worker:
         return limits
 
 
-def classify(job: Job, result: dict[str, Any], nonce: str) -> Verdict:
-    """Turn the fork server's report into a verdict. Only a message with this sample's nonce counts."""
+def _parse(line: bytes | None) -> dict[str, Any] | None:
+    """A JSON object from the fork server, or None for anything else (never raises)."""
+    if line is None:
+        return None
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError, MemoryError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def clean(text: str) -> str:
+    """Text any writer can encode: lone surrogates (from a program's messages) become U+FFFD."""
+    return text.encode("utf-8", "replace").decode("utf-8") if not text.isascii() else text
+
+
+def classify(job: Job, result: dict[str, Any]) -> Verdict:
+    """Turn the fork server's report into a verdict: the checker's, refined by how the program ended."""
+
+    def text(key: str) -> str:
+        value = result.get(key, "")
+        return clean(value) if isinstance(value, str) else ""
+
+    elapsed = result.get("elapsed", 0.0)
 
     def verdict(outcome: str, detail: str) -> Verdict:
         return Verdict(
@@ -299,41 +458,54 @@ def classify(job: Job, result: dict[str, Any], nonce: str) -> Verdict:
             job.sample_index,
             outcome,
             outcome == "passed",
-            detail,
-            result.get("elapsed", 0.0),
-            result.get("stdout", "")[:DETAIL_OUTPUT],
-            result.get("stderr", "")[-DETAIL_OUTPUT:],
+            clean(detail[:DETAIL_OUTPUT]),
+            elapsed if isinstance(elapsed, int | float) else 0.0,
+            text("stdout")[:DETAIL_OUTPUT],
+            text("stderr")[-DETAIL_OUTPUT:],
+        )
+
+    def exit_status(key: str) -> int | None:
+        value = result.get(key)
+        return (
+            value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 16 else None
         )
 
     if "harness_error" in result:
         return verdict("error", f"sandbox: {result['harness_error']}")
-    messages = []
-    for line in result.get("messages", []):
-        try:
-            msg = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(msg, dict) and msg.get("nonce") == nonce:
-            messages.append(msg)
-    status = result.get("status")
-    if result.get("timed_out"):
-        return verdict("timeout", f"wall-clock limit reached after {result.get('elapsed', 0):.1f} s")
-    if len(messages) > 1:
-        return verdict("error", "more than one verdict message: the verdict channel was tampered with")
-    if messages and status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        outcome = messages[0].get("outcome")
-        if outcome in OUTCOMES:
-            return verdict(outcome, str(messages[0].get("detail", "")))
-    if result.get("oom"):
+    found = result.get("verdict")
+    status, checker = exit_status("status"), exit_status("checker_status")
+    oom = bool(result.get("oom"))
+    passed = isinstance(found, dict) and found.get("outcome") == "passed"
+    if oom and not passed:  # whatever else happened, the memory cgroup killed a process of the sample
         return verdict("out of memory", "killed by the memory cgroup")
-    if status is not None and os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
+    if result.get("timed_out"):
+        return verdict("timeout", f"wall-clock limit reached after {elapsed} s")
+    checked = isinstance(found, dict) and checker is not None and os.WIFEXITED(checker)
+    if checked and os.WEXITSTATUS(checker) == 0 and found.get("outcome") in OUTCOMES:  # type: ignore[union-attr]
+        outcome, detail = str(found["outcome"]), str(found.get("detail", ""))  # type: ignore[index]
+        if outcome == "passed" or not found.get("gone"):  # type: ignore[union-attr]
+            return verdict(outcome, detail)
+        # The program's process ended during the tests: how it ended is the verdict.
+        if oom:
+            return verdict("out of memory", "killed by the memory cgroup")
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGXCPU:
+                return verdict("timeout", "CPU-time limit reached")
+            return verdict("killed", f"killed by {signal_name(sig)}")
+        if status is not None and os.WIFEXITED(status):
+            return verdict(
+                "error", f"the program exited with status {os.WEXITSTATUS(status)} during the tests"
+            )
+        return verdict("error", detail)
+    if oom:
+        return verdict("out of memory", "killed by the memory cgroup")
+    if checker is not None and os.WIFSIGNALED(checker):
+        sig = os.WTERMSIG(checker)
         if sig == signal.SIGXCPU:
-            return verdict("timeout", "CPU-time limit reached")
-        return verdict("killed", f"killed by {signal.Signals(sig).name}")
-    if status is not None and os.WIFEXITED(status):
-        return verdict("error", f"exited with status {os.WEXITSTATUS(status)} before the tests finished")
-    return verdict("killed", "no exit status")
+            return verdict("timeout", "CPU-time limit reached (tests)")
+        return verdict("killed", f"the checker was killed by {signal_name(sig)}")
+    return verdict("error", "the checker gave no verdict")
 
 
 class Executor:
@@ -345,26 +517,43 @@ class Executor:
         self.limits = limits or Limits()
         self.isolation = detect_isolation()
         self._pool: list[Worker] = []
+        self._closed = threading.Event()
 
     def __enter__(self) -> Executor:
         if self.isolation.get("cgroup"):
             remove_stale_cgroups()
-        self._pool = [Worker(i, self.isolation, self.limits) for i in range(self.workers)]
-        threads = [threading.Thread(target=w.start) for w in self._pool]
+        self._closed.clear()
+        self._pool = [Worker(i, self.isolation, self.limits, self._closed) for i in range(self.workers)]
+        errors: list[BaseException] = []
+
+        def start(worker: Worker) -> None:
+            try:
+                worker.start()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(w,)) for w in self._pool]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        if any(w.proc is None for w in self._pool):
+        if errors or any(w.proc is None for w in self._pool):
             self.close()
             raise PycodegenError("the sandbox fork servers did not start")
         self.isolation = {**self.isolation, **{k: v for k, v in self._pool[0].hello.items() if k != "ready"}}
+        self.isolation["judge"] = (
+            "a checker process that never runs program code decides the verdict; the program answers its "
+            "calls over a plain-data codec (pycodegen_wire)"
+            + (" as another uid" if self.isolation.get("sample_uid") else "")
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
+        """Stop every fork server and remove every cgroup; no worker starts a server after this."""
+        self._closed.set()
         for w in self._pool:
             w.stop()
         self._pool = []
@@ -380,29 +569,38 @@ class Executor:
 
     def map(self, jobs: Iterable[Job]) -> Iterator[Verdict]:
         """Run jobs on the pool; yields each verdict as soon as it is decided."""
+        if self._closed.is_set() or not self._pool:
+            raise PycodegenError("the executor is not open (use it as a context manager)")
         todo: queue.Queue[Job | None] = queue.Queue()
-        done: queue.Queue[Verdict | BaseException] = queue.Queue()
+        done: queue.Queue[Verdict] = queue.Queue()
+        stop = threading.Event()
         count = 0
         for job in jobs:
             todo.put(job)
             count += 1
-        for _ in self._pool:
+        pool = list(self._pool)
+        for _ in pool:
             todo.put(None)
 
         def serve(worker: Worker) -> None:
             while (job := todo.get()) is not None:
+                if stop.is_set() or self._closed.is_set():
+                    done.put(
+                        Verdict(job.task_id, job.sample_index, "error", False, "sandbox: the run was stopped")
+                    )
+                    continue
                 try:
                     done.put(worker.run(job, self.timeout))
                 except BaseException as exc:
-                    done.put(exc)
+                    done.put(Verdict(job.task_id, job.sample_index, "error", False, f"sandbox: {exc}"))
 
-        threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in self._pool]
+        threads = [threading.Thread(target=serve, args=(w,), daemon=True) for w in pool]
         for t in threads:
             t.start()
-        for _ in range(count):
-            item = done.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-        for t in threads:
-            t.join()
+        try:
+            for _ in range(count):
+                yield done.get()
+        finally:
+            stop.set()  # a consumer that stops early: the rest of the queue is skipped, not run
+            for t in threads:
+                t.join()
