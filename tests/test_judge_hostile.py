@@ -95,6 +95,37 @@ def _forge_from(frame):
         frame = frame.f_back
 """
 
+
+# The program answers the checker itself, with the sandbox's own codec (found in sys.modules), and
+# announces more names than the checker asked for: the prompt's helpers and builtins the tests call.
+SERVE_OWN_RPC = """
+import os, sys
+wire = next((m for m in list(sys.modules.values())
+             if all(hasattr(m, a) for a in ('encode', 'decode', 'read_frame', 'write_frame'))), None)
+harness = sys.modules.get('pycodegen_harness')
+IN, OUT = getattr(harness, 'IN_FD', 3), getattr(harness, 'OUT_FD', 4)
+if wire is not None:
+    objects = []
+    def handle_of(obj):
+        objects.append(obj)
+        return len(objects)
+    def lookup(i):
+        return objects[i - 1]
+    names = {n: ('function', v, 'function') if callable(v) and not isinstance(v, type) else ('data', v)
+             for n, v in ANNOUNCE.items()}
+    wire.write_frame(OUT, wire.encode(('ready', names), handle_of))
+    while True:
+        try:
+            _op, target, args, kwargs = wire.decode(wire.read_frame(IN), lookup)
+        except EOFError:
+            os._exit(0)
+        try:
+            result = target(*args, **kwargs)
+            wire.write_frame(OUT, wire.encode(('return', result, {}, type(result).__name__), handle_of))
+        except BaseException as exc:
+            wire.write_frame(OUT, wire.encode(('raised', type(exc).__name__, str(exc))))
+"""
+
 FORGED: dict[str, tuple[str, str]] = {
     "json default encoder replaced": (
         "HumanEval/53",
@@ -296,6 +327,29 @@ sys.modules['random'] = _fake
         "HumanEval/53",
         "    import os\n    os._exit(0)\n",
     ),
+    "own RPC server announcing a fake abs": (
+        "HumanEval/2",
+        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, 'abs': lambda v: 0}\n"
+        + SERVE_OWN_RPC,
+    ),
+    "own RPC server announcing abs as the built-in int": (
+        "HumanEval/2",
+        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, 'abs': int}\n" + SERVE_OWN_RPC,
+    ),
+    "own RPC server announcing a fake poly": (
+        "HumanEval/32",
+        "    return 0.0\n\nANNOUNCE = {'find_zero': find_zero, 'poly': lambda xs, x: 0.0}\n" + SERVE_OWN_RPC,
+    ),
+    "own RPC server announcing a fake encode_cyclic": (
+        "HumanEval/38",
+        "    return s\n\nANNOUNCE = {'decode_cyclic': decode_cyclic, 'encode_cyclic': lambda s: s}\n"
+        + SERVE_OWN_RPC,
+    ),
+    "own RPC server announcing __builtins__ as data": (
+        "HumanEval/2",
+        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, '__builtins__': {}}\n"
+        + SERVE_OWN_RPC,
+    ),
     "forged pass lines of every shape on every fd": (
         "HumanEval/53",
         WRONG_ADD
@@ -426,6 +480,10 @@ NAMESPACE: dict[str, tuple[str, str]] = {
     "HumanEval/32 redefines poly": (
         "HumanEval/32",
         "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n",
+    ),
+    "HumanEval/50 redefines encode_shift": (
+        "HumanEval/50",
+        "    return s\n\n\ndef encode_shift(s):\n    return s\n",
     ),
     "HumanEval/38 redefines encode_cyclic": (
         "HumanEval/38",
@@ -847,6 +905,16 @@ ENDING: dict[str, tuple[str, str, set[str]]] = {
         "            pass\n    __repr__ = __str__\n",
         {"error", "failed", "timeout"},
     ),
+    "raises an exception whose message holds lone surrogates": (
+        "HumanEval/53",
+        "    raise ValueError('bad \\ud800 \\udfff')\n",
+        {"error"},
+    ),
+    "raises lone surrogates at import time": (
+        "HumanEval/53",
+        WRONG_ADD + "raise KeyError('\\udcff' * 100)\n",
+        {"error"},
+    ),
     "raises a 10 MB exception message": (
         "HumanEval/53",
         "    raise ValueError('x' * (10 << 20))\n",
@@ -1055,7 +1123,18 @@ def attack_then_correct(runner: Runner, attack: Job) -> tuple[Verdict, Verdict]:
     if (follow.task_id, follow.sample_index) == (attack.task_id, attack.sample_index):
         follow.sample_index = 99
     verdicts = runner.run([attack, follow])
+    for verdict in verdicts.values():
+        writable(verdict)
     return verdicts[(attack.task_id, attack.sample_index)], verdicts[(follow.task_id, follow.sample_index)]
+
+
+def writable(verdict: Verdict) -> None:
+    """A verdict is written to verdicts.jsonl and reports as UTF-8: whatever the sample printed or raised,
+    it must encode (a lone surrogate from an exception message would end the run there)."""
+    try:
+        json.dumps(verdict.to_dict(), ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise AssertionError(f"the verdict cannot be written: {exc}: {verdict!r}") from None
 
 
 # -- leftovers ----------------------------------------------------------------------------------------------
@@ -1329,6 +1408,28 @@ def test_nothing_outlives_close_and_a_new_run_sees_nothing(runner: Runner) -> No
     assert second == [], second
 
 
+def test_close_after_an_abandoned_map_leaves_nothing(runner: Runner) -> None:
+    """A consumer that stops reading verdicts half-way (an exception in the caller), then close(): nothing
+    the executor started may survive, and no worker thread may start a fork server after close()."""
+    slow = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\ntime.sleep(1)\n"
+    jobs = [
+        custom_job(f"abandoned {i}", slow + "def f(x):\n    return x\n", "assert f(1) == 1\n", i)
+        for i in range(8)
+    ]
+    keys_before = key_users()
+    with runner.paused():
+        ex = Executor(workers=2, timeout=TIMEOUT, limits=LIMITS).__enter__()
+        verdicts = ex.map(jobs)
+        next(verdicts)
+        ex.close()
+        time.sleep(2.5)  # a worker thread still holding a job would have started a new server by now
+        left = leftovers(os.getpid(), keys_before)
+        verdicts.close()
+        time.sleep(0.5)
+        left += leftovers(os.getpid(), keys_before)
+    assert left == [], left
+
+
 BUSY_PROCESSES = """
 import os
 for _ in range(30):
@@ -1379,13 +1480,17 @@ CLI_HOSTILE = [
     ("HumanEval/53", ENDING["invalid UTF-8 to fds 0-20"][1]),
     ("HumanEval/53", ENDING["junk of every kind during the call"][1]),
     ("HumanEval/32", NAMESPACE["HumanEval/32 redefines poly"][1]),
+    ("HumanEval/53", ENDING["raises an exception whose message holds lone surrogates"][1]),
 ]
 
 
-def cli_samples(path: Path, slow_correct: int = 0) -> tuple[Path, list[tuple[str, int, bool]]]:
+def cli_samples(
+    path: Path, slow_correct: int = 0, hostile: list[tuple[str, str]] | None = None
+) -> tuple[Path, list[tuple[str, int, bool]]]:
     """A samples file mixing hostile samples with correct ones; returns (path, [(task, index, passes)])."""
     rows, expect, seen = [], [], {}
-    for task, completion in CLI_HOSTILE:
+    hostile = CLI_HOSTILE if hostile is None else hostile
+    for task, completion in hostile:
         rows.append({"task_id": task, "completion": fill(completion)})
     for task in ("HumanEval/0", "HumanEval/2", "HumanEval/53"):
         rows.append({"task_id": task, "completion": HE[task].canonical_solution})
@@ -1393,14 +1498,14 @@ def cli_samples(path: Path, slow_correct: int = 0) -> tuple[Path, list[tuple[str
         rows.append(
             {
                 "task_id": "HumanEval/53",
-                "completion": "    import time\n    time.sleep(0.3)\n    return x + y\n",
+                "completion": "    return x + y\n\n\nimport time\ntime.sleep(0.3)\n",
             }
         )
     for row in rows:
         index = seen.get(row["task_id"], 0)
         seen[row["task_id"]] = index + 1
-        hostile = row["completion"] in {fill(c) for _, c in CLI_HOSTILE}
-        expect.append((row["task_id"], index, not hostile))
+        bad = row["completion"] in {fill(c) for _, c in hostile}
+        expect.append((row["task_id"], index, not bad))
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path, expect
 
@@ -1446,7 +1551,10 @@ def test_cli_evaluate_finishes_with_hostile_samples(runner: Runner, tmp_path: Pa
 def test_cli_evaluate_killed_midway_resumes_without_losing_or_duplicating(
     runner: Runner, tmp_path: Path
 ) -> None:
-    samples, expect = cli_samples(tmp_path / "samples.jsonl", slow_correct=10)
+    # Every hostile sample but the one with lone surrogates (its own test above): this one is about resuming.
+    lone = ENDING["raises an exception whose message holds lone surrogates"][1]
+    resumable = [h for h in CLI_HOSTILE if h[1] != lone]
+    samples, expect = cli_samples(tmp_path / "samples.jsonl", slow_correct=10, hostile=resumable)
     out = tmp_path / "run"
     log = out / "verdicts.jsonl"
     with runner.paused():
