@@ -126,6 +126,40 @@ if wire is not None:
             wire.write_frame(OUT, wire.encode(('raised', type(exc).__name__, str(exc))))
 """
 
+
+READ_TESTS = """
+
+def _hidden_tests():
+    import gc, sys
+    texts = []
+    frame = sys._getframe()
+    while frame is not None:
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, dict) and isinstance(value.get('test'), str):
+                texts.append(value['test'])
+        frame = frame.f_back
+    for o in gc.get_objects():
+        if isinstance(o, dict) and isinstance(o.get('test'), str):
+            texts.append(o['test'])
+    return texts
+
+
+import ast
+ANSWERS = {}
+for _text in _hidden_tests():
+    try:
+        _tree = ast.parse(_text)
+    except SyntaxError:
+        continue
+    for _node in ast.walk(_tree):
+        if isinstance(_node, ast.Compare) and isinstance(_node.left, ast.Call) and len(_node.ops) == 1:
+            try:
+                _args = tuple(ast.literal_eval(a) for a in _node.left.args)
+                ANSWERS[repr(_args)] = ast.literal_eval(_node.comparators[0])
+            except Exception:
+                pass
+"""
+
 FORGED: dict[str, tuple[str, str]] = {
     "json default encoder replaced": (
         "HumanEval/53",
@@ -349,6 +383,12 @@ sys.modules['random'] = _fake
         "HumanEval/2",
         "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, '__builtins__': {}}\n"
         + SERVE_OWN_RPC,
+    ),
+    # The answer key in the program's own memory: the fork server received the job (tests included)
+    # before it forked the program, so the test text is in the program's frames and heap.
+    "answers read from the hidden tests in the program's memory": (
+        "HumanEval/0",
+        "    return ANSWERS.get(repr((numbers, threshold)), False)\n" + READ_TESTS,
     ),
     "forged pass lines of every shape on every fd": (
         "HumanEval/53",
@@ -724,6 +764,29 @@ for p in paths:
         s.close()
     except Exception:
         pass
+""",
+    "the hidden tests in the program's memory (frames and gc)": """
+import gc, sys
+frame = sys._getframe()
+while frame is not None:
+    for name, value in list(frame.f_locals.items()):
+        if isinstance(value, dict) and 'HIDDEN-@TOKEN@' in str(value.get('test', '')):
+            note('the tests, in frame ' + frame.f_code.co_name)
+        if isinstance(value, (str, bytes)) and ('HIDDEN-@TOKEN@' in str(value)):
+            note('the tests, in a string in frame ' + frame.f_code.co_name)
+    frame = frame.f_back
+for o in gc.get_objects():
+    if isinstance(o, dict):
+        for value in list(o.values())[:100]:
+            if isinstance(value, str) and 'HIDDEN-@TOKEN@' in value:
+                note('the tests, in a dict on the heap')
+            if isinstance(value, str) and 'EARLIER-@TOKEN@' in value:
+                note("an earlier sample's tests, in a dict on the heap")
+        for key in list(o)[:100]:
+            if isinstance(key, tuple) and any('EARLIER-@TOKEN@' in str(k) for k in key):
+                note("an earlier sample's tests, as a cache key")
+    elif type(o).__name__ == 'code' and any('@TOKEN@' in str(c) for c in o.co_consts):
+        note('compiled tests on the heap')
 """,
     "listing / and the interpreter's ancestors": """
 import os
@@ -1321,8 +1384,12 @@ def test_a_sample_sees_nothing_of_the_host(runner: Runner, host_traps: dict, nam
         SOCKET=host_traps["socket"],
         PREFIX=sys.base_prefix,
     )
-    job = custom_job(name, program, PROBE_TEST)
-    verdict = runner.run([job])[(job.task_id, 0)]
+    # The test code carries a marker, and an earlier sample's tests another one: neither may be visible.
+    earlier = custom_job(
+        f"earlier {name}", "def f(x):\n    return x\n", "assert f(1) == 1  # EARLIER-@TOKEN@\n", 1
+    )
+    job = custom_job(name, program, PROBE_TEST.rstrip("\n") + "  # HIDDEN-@TOKEN@\n")
+    verdict = runner.run([earlier, job])[(job.task_id, 0)]
     assert verdict.passed, f"{name}: the probe saw {verdict.detail or verdict}"
     assert host_traps["victim"].read_text() == "intact"
     assert os.listdir(host_traps["open_dir"]) == []
