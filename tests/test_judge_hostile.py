@@ -132,15 +132,32 @@ READ_TESTS = """
 def _hidden_tests():
     import gc, sys
     texts = []
+    def look(value):  # any text that calls `candidate`, wherever it is kept (a job, a cache, a line)
+        if isinstance(value, bytes):
+            value = value.decode('utf-8', 'replace')
+        if isinstance(value, str) and 'candidate(' in value:
+            texts.append(value)
+            if value.lstrip().startswith('{'):
+                try:
+                    import json
+                    texts.extend(v for v in json.loads(value).values() if isinstance(v, str))
+                except Exception:
+                    pass
     frame = sys._getframe()
     while frame is not None:
         for value in list(frame.f_locals.values()):
-            if isinstance(value, dict) and isinstance(value.get('test'), str):
-                texts.append(value['test'])
+            look(value)
+            if isinstance(value, dict):
+                for v in list(value.values()):
+                    look(v)
         frame = frame.f_back
     for o in gc.get_objects():
-        if isinstance(o, dict) and isinstance(o.get('test'), str):
-            texts.append(o['test'])
+        if isinstance(o, dict):
+            for k, v in list(o.items()):
+                look(v)
+                if isinstance(k, tuple):
+                    for part in k:
+                        look(part)
     return texts
 
 
