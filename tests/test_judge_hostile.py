@@ -659,6 +659,35 @@ def host_files() -> list[str]:
     ]
 
 
+RAW_SCAN = """
+import ctypes, gc, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+libc.write.restype = ctypes.c_ssize_t
+heads = @HEADS@
+tail = '@TOKEN@'.encode()
+PAGE = 1 << 12
+anchors = {id(o) >> 20 for o in gc.get_objects()}
+blob = 'x' * 4000
+anchors |= {(id(blob) >> 20) + d for d in range(-64, 65)}
+r, w = os.pipe()
+seen = set()
+for block in sorted(anchors):
+    for page in range(block << 20, (block + 1) << 20, PAGE):
+        if libc.write(w, page, PAGE) != PAGE:
+            continue
+        data = os.read(r, PAGE)
+        for head, what in heads.items():
+            i = data.find(head)
+            while i >= 0:
+                if data[i + len(head):i + len(head) + len(tail)] == tail:
+                    seen.add(what)
+                i = data.find(head, i + 1)
+for what in sorted(seen):
+    note(what + ' in the memory of the program')
+"""
+
+
 PROBES: dict[str, str] = {
     "answer key found through importlib": """
 import importlib.util, os, gzip
@@ -809,33 +838,11 @@ for o in gc.get_objects():
 """,
     # Dropping the references is not enough: the bytes of the tests must not be in the address space.
     # write(2) from an address into a pipe reads memory safely (EFAULT where nothing is mapped).
-    "the hidden tests' bytes anywhere in the program's memory": """
-import ctypes, gc, os
-libc = ctypes.CDLL(None, use_errno=True)
-libc.write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-libc.write.restype = ctypes.c_ssize_t
-heads = {''.join(['HID', 'DEN-']).encode(): 'the tests', ''.join(['EARL', 'IER-']).encode(): "earlier tests"}
-tail = '@TOKEN@'.encode()
-PAGE = 1 << 12
-anchors = {id(o) >> 20 for o in gc.get_objects()}
-blob = 'x' * 4000
-anchors |= {(id(blob) >> 20) + d for d in range(-64, 65)}
-r, w = os.pipe()
-seen = set()
-for block in sorted(anchors):
-    for page in range(block << 20, (block + 1) << 20, PAGE):
-        if libc.write(w, page, PAGE) != PAGE:
-            continue
-        data = os.read(r, PAGE)
-        for head, what in heads.items():
-            i = data.find(head)
-            while i >= 0:
-                if data[i + len(head):i + len(head) + len(tail)] == tail:
-                    seen.add(what)
-                i = data.find(head, i + 1)
-for what in sorted(seen):
-    note(what + ' in the memory of the program')
-""",
+    "the hidden tests' bytes anywhere in the program's memory": RAW_SCAN.replace(
+        "@HEADS@",
+        "{''.join(['HID', 'DEN-']).encode(): 'the tests',"
+        " ''.join(['EARL', 'IER-']).encode(): 'earlier tests'}",
+    ),
     "listing / and the interpreter's ancestors": """
 import os
 allowed = {'tmp', 'dev', 'proc', 'usr', 'lib', 'lib64', 'lib32', 'bin', 'sbin'}
@@ -1469,6 +1476,18 @@ def test_the_next_sample_sees_nothing_of_the_previous_one(runner: Runner, name: 
         again = custom_job(f"second probe after {name}", STATE_PROBE, PROBE_TEST, 2)
         seen = runner.run([again])[(again.task_id, 2)]
     assert seen.passed, f"after {name!r} the next sample saw {seen.detail or seen}"
+
+
+def test_the_next_sample_cannot_read_the_previous_program_from_memory(runner: Runner) -> None:
+    """Samples are independent: a sample that could read the programs run before it on its worker could
+    run a sibling's answer to the same problem (the fork server's heap holds every job it was sent)."""
+    earlier = custom_job(
+        "earlier program", "SECRET = 'PREVIOUS-@TOKEN@'\ndef f(x):\n    return x\n", "assert f(1) == 1\n", 0
+    )
+    scan = RAW_SCAN.replace("@HEADS@", "{''.join(['PREV', 'IOUS-']).encode(): 'the previous program'}")
+    probe = custom_job("reads the previous program", PROBE_HEAD + scan + PROBE_TAIL, PROBE_TEST, 1)
+    seen = runner.run([earlier, probe])[(probe.task_id, 1)]
+    assert seen.passed, f"the next sample saw {seen.detail or seen}"
 
 
 @pytest.mark.parametrize("name", list(MEMORY_HOGS))
