@@ -1033,6 +1033,16 @@ ENDING: dict[str, tuple[str, str, set[str]]] = {
         WRONG_ADD + "raise KeyError('\\udcff' * 100)\n",
         {"error"},
     ),
+    "segfaults through ctypes inside the call": (
+        "HumanEval/53",
+        "    import ctypes\n    return ctypes.string_at(0xDEAD00000000, 8)\n",
+        {"killed", "error"},
+    ),
+    "SIGKILLs its own process group inside the call": (
+        "HumanEval/53",
+        "    import os, signal\n    os.killpg(0, signal.SIGKILL)\n    return x + y\n",
+        {"killed", "error"},
+    ),
     "raises a 10 MB exception message": (
         "HumanEval/53",
         "    raise ValueError('x' * (10 << 20))\n",
