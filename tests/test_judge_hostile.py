@@ -96,34 +96,24 @@ def _forge_from(frame):
 """
 
 
-# The program answers the checker itself, with the sandbox's own codec (found in sys.modules), and
-# announces more names than the checker asked for: the prompt's helpers and builtins the tests call.
-SERVE_OWN_RPC = """
-import os, sys
-wire = next((m for m in list(sys.modules.values())
-             if all(hasattr(m, a) for a in ('encode', 'decode', 'read_frame', 'write_frame'))), None)
-harness = sys.modules.get('pycodegen_harness')
-IN, OUT = getattr(harness, 'IN_FD', 3), getattr(harness, 'OUT_FD', 4)
-if wire is not None:
-    objects = []
-    def handle_of(obj):
-        objects.append(obj)
-        return len(objects)
-    def lookup(i):
-        return objects[i - 1]
-    names = {n: ('function', v, 'function') if callable(v) and not isinstance(v, type) else ('data', v)
-             for n, v in ANNOUNCE.items()}
-    wire.write_frame(OUT, wire.encode(('ready', names), handle_of))
-    while True:
-        try:
-            _op, target, args, kwargs = wire.decode(wire.read_frame(IN), lookup)
-        except EOFError:
-            os._exit(0)
-        try:
-            result = target(*args, **kwargs)
-            wire.write_frame(OUT, wire.encode(('return', result, {}, type(result).__name__), handle_of))
-        except BaseException as exc:
-            wire.write_frame(OUT, wire.encode(('raised', type(exc).__name__, str(exc))))
+# The program asks the sandbox to announce more names than the tests need: it finds the job in its
+# frames (or on the heap) and appends to its list of names, so that the harness's own code offers the
+# checker the program's versions of the prompt's helpers and of builtins the tests call.
+ANNOUNCE_MORE = """
+import gc as _gc, sys as _sys
+def _more_names(holder):
+    for _n in ANNOUNCE:
+        if isinstance(holder.get('names'), list) and _n not in holder['names']:
+            holder['names'].append(_n)
+_f = _sys._getframe()
+while _f is not None:
+    for _v in list(_f.f_locals.values()):
+        if isinstance(_v, dict) and 'names' in _v:
+            _more_names(_v)
+    _f = _f.f_back
+for _o in _gc.get_objects():
+    if isinstance(_o, dict) and isinstance(_o.get('names'), list) and 'program' in _o:
+        _more_names(_o)
 """
 
 
@@ -378,28 +368,31 @@ sys.modules['random'] = _fake
         "HumanEval/53",
         "    import os\n    os._exit(0)\n",
     ),
-    "own RPC server announcing a fake abs": (
+    "extra names announced: a fake abs": (
         "HumanEval/2",
-        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, 'abs': lambda v: 0}\n"
-        + SERVE_OWN_RPC,
+        "    return 0.5\n\n\ndef abs(v):\n    return 0\n\n\nANNOUNCE = ['abs']\n" + ANNOUNCE_MORE,
     ),
-    "own RPC server announcing abs as the built-in int": (
+    "extra names announced: abs as the built-in int": (
         "HumanEval/2",
-        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, 'abs': int}\n" + SERVE_OWN_RPC,
+        "    return 0.5\n\n\nabs = int\nANNOUNCE = ['abs']\n" + ANNOUNCE_MORE,
     ),
-    "own RPC server announcing a fake poly": (
+    "extra names announced: a fake poly": (
         "HumanEval/32",
-        "    return 0.0\n\nANNOUNCE = {'find_zero': find_zero, 'poly': lambda xs, x: 0.0}\n" + SERVE_OWN_RPC,
+        "    return 0.0\n\n\ndef poly(xs, x):\n    return 0.0\n\n\nANNOUNCE = ['poly']\n" + ANNOUNCE_MORE,
     ),
-    "own RPC server announcing a fake encode_cyclic": (
+    "extra names announced: a fake encode_cyclic": (
         "HumanEval/38",
-        "    return s\n\nANNOUNCE = {'decode_cyclic': decode_cyclic, 'encode_cyclic': lambda s: s}\n"
-        + SERVE_OWN_RPC,
+        "    return s\n\n\ndef encode_cyclic(s):\n    return s\n\n\nANNOUNCE = ['encode_cyclic']\n"
+        + ANNOUNCE_MORE,
     ),
-    "own RPC server announcing __builtins__ as data": (
+    "extra names announced: a fake math module for poly": (
+        "HumanEval/32",
+        "    return 0.0\n\n\nimport types\nmath = types.SimpleNamespace(pow=lambda a, b: 0.0)\n"
+        "ANNOUNCE = ['math']\n" + ANNOUNCE_MORE,
+    ),
+    "extra names announced: __builtins__ as data": (
         "HumanEval/2",
-        "    return 0.5\n\nANNOUNCE = {'truncate_number': truncate_number, '__builtins__': {}}\n"
-        + SERVE_OWN_RPC,
+        "    return 0.5\n\n\nANNOUNCE = ['__builtins__']\n" + ANNOUNCE_MORE + "__builtins__ = {}\n",
     ),
     # The answer key in the program's own memory: the fork server received the job (tests included)
     # before it forked the program, so the test text is in the program's frames and heap.
