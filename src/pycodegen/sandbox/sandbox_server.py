@@ -752,12 +752,13 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs, checkers:
     checker_done_at = None
     while True:
         now = time.monotonic()
+        if lasting and checker_done_at is None and r_v not in open_fds:
+            checker_done_at, status[checker] = now, 0  # the long-lived checker closed the verdict pipe
+        # Checked right after the verdict pipe closes, not after another wait in select below.
         if checker_done_at is not None and (
             program in status or b'"gone": true' not in buffers[r_v] or now - checker_done_at > 0.2
         ):
             break  # decided; when the program's end is the verdict, give it a moment to be reaped
-        if lasting and checker_done_at is None and r_v not in open_fds:
-            checker_done_at, status[checker] = now, 0  # the long-lived checker closed the verdict pipe
         if now >= deadline:
             timed_out = checker not in status
             break
