@@ -379,7 +379,7 @@ def test_disconnect_while_queued_frees_the_slot(served: Served) -> None:
 def test_playground_streams_a_highlighted_completion_in_chromium(served: Served, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it"
     idle(served)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
