@@ -240,7 +240,12 @@ def test_readme_commands_parse_with_the_cli_as_it_is() -> None:
     assert len(commands) > 20
     root = group.context_class(group, info_name="pycodegen")  # typer ships its own copy of click
     for line in commands:
-        args = [a for a in shlex.split(line)[1:] if a != "--verbose"]
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words = list(lexer)
+        # The command ends where the shell takes over: a redirection, a pipe, a `&&`.
+        cut = next((i for i, w in enumerate(words) if w and set(w) <= set("<>|&;")), len(words))
+        args = [a for a in words[1:cut] if a != "--verbose"]
         command = group.get_command(root, args[0])
         assert command is not None, f"README names no verb: {line}"
         try:

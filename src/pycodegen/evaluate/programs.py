@@ -77,7 +77,7 @@ def generated_code(problem: Problem, completion: str) -> str:
 
 
 def split_setup(test: str) -> tuple[str, str]:
-    """(setup, tests) of MBPP-style test code: the leading statements that are not asserts build inputs
+    r"""(setup, tests) of MBPP-style test code: the leading statements that are not asserts build inputs
     from the program's classes (MBPP 367 and 927 build trees with `Node`), so they run in the program's
     process; the asserts run in the checker.
 
