@@ -111,6 +111,28 @@ def test_exceptions_come_back_as_builtin_types_only(executor: Executor) -> None:
     assert exiting.outcome == "error" and "SystemExit" in exiting.detail
 
 
+def test_a_long_non_ascii_message_keeps_its_verdict(executor: Executor) -> None:
+    """2,000 astral characters are 24 KB escaped: the verdict line must still fit and parse."""
+    wide = verdict(executor, "def f(x):\n    raise ValueError('\U0001f600' * 5000)\n", "f(1)\n")
+    assert wide.outcome == "error" and wide.detail.startswith("ValueError: \U0001f600"), wide
+    lone = verdict(executor, "def f(x):\n    raise ValueError('\\ud800')\n", "f(1)\n")
+    assert lone.outcome == "error" and "ValueError" in lone.detail, lone
+
+
+def test_programs_that_end_at_once_get_their_verdict(executor: Executor) -> None:
+    """A program that ends before the job server watches it (a syntax error) is still judged, every time."""
+    for _ in range(10):
+        v = verdict(executor, "def f(x:\n", "assert f(1) == 1\n")
+        assert v.outcome == "syntax error", v
+
+
+def test_a_fraction_with_an_exponent_is_refused_not_computed() -> None:
+    started = time.perf_counter()
+    with pytest.raises(wire.WireError, match="fraction"):
+        wire.decode(b"r" + len(b"1e999999999").to_bytes(4, "big") + b"1e999999999")
+    assert time.perf_counter() - started < 1
+
+
 def test_the_checker_uses_the_prompts_helpers_not_the_programs(executor: Executor) -> None:
     """HumanEval/32: a program that redefines `poly` to make any answer look like a root must fail."""
     problem = next(p for p in load_humaneval_file(humaneval_path()) if p.task_id == "HumanEval/32")
@@ -246,3 +268,18 @@ def test_close_leaves_no_process_or_cgroup() -> None:
     assert left == [] and min(uids) >= UID_BASE
     with pytest.raises(Exception, match="not open"):
         next(ex.map([Job("late", 0, "", "")]))
+
+
+def test_without_a_uid_of_its_own_the_sandbox_refuses_to_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User-namespace and no-namespace modes cannot keep a program from the checker's descriptors or the
+    host's files: refused unless the user opts in for trusted samples."""
+    from pycodegen.errors import PycodegenError
+    from pycodegen.sandbox import executor as executor_module
+
+    weak = {"user": "unprivileged", "namespaces": [], "unshare": None, "sample_uid": False, "cgroup": None}
+    monkeypatch.setattr(executor_module, "detect_isolation", lambda: dict(weak))
+    monkeypatch.delenv(executor_module.UNSAFE_ENV, raising=False)
+    with pytest.raises(PycodegenError, match="needs root"):
+        Executor(workers=1)
+    monkeypatch.setenv(executor_module.UNSAFE_ENV, "1")
+    assert Executor(workers=1).isolation["sample_uid"] is False  # built, not started

@@ -271,6 +271,8 @@ def test_greedy_output_same_alone_or_batched(served: Served) -> None:
         ({"prompt": "word " * 600}, 400, "limit is 256"),
         ({"prompt": "x" * 5000}, 413, "limit of 4096 bytes"),
         ({"prompt": "x", "frequency_penalty": 1}, 400, "not supported"),
+        ({"prompt": "x", "seed": 2**64}, 400, "seed"),
+        ({"prompt": "x", "stop": ["s" * 300]}, 400, "at most 256 characters"),
     ],
 )
 def test_bad_requests_get_4xx_with_a_message(served: Served, body: Any, status: int, says: str) -> None:

@@ -667,7 +667,17 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stopping:
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as exc:  # outside the model's step (sampling, delivery): end the batch, live on
+                with self._step_lock:
+                    for choice in self._choices:
+                        choice.text = f"{type(exc).__name__}: {exc}"
+                        self._end(choice, "error")
+                    self._choices, self._state = [], None
+                    self.stats["running"] = 0
+                busy = True
+            if not busy:
                 self._wake.wait(0.05)
                 self._wake.clear()
 

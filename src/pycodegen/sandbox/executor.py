@@ -134,6 +134,7 @@ def detect_isolation() -> dict[str, Any]:
 
 
 CONTROLLERS = ("memory", "pids", "cpu")
+UNSAFE_ENV = "PYCODEGEN_UNSAFE_SANDBOX"
 _EXECUTOR_TAGS = itertools.count()
 UID_BASE = 1_900_000_000
 
@@ -412,7 +413,9 @@ class Worker:
             bad = Verdict(job.task_id, job.sample_index, "error", False, "sandbox: unreadable report")
             return bad, True
         verdict = classify(job, result)
-        return verdict, bool(result.get("oom"))  # after any OOM: a fresh worker and fresh cgroups
+        # After any OOM, or a failure inside the fork server's own handling of a job (its sweep and
+        # unmount may not have run): a fresh worker, fresh cgroups, nothing carried to the next sample.
+        return verdict, bool(result.get("oom")) or "harness_error" in result
 
     def _rlimits(self, timeout: float) -> dict[str, int]:
         limits = {
@@ -516,6 +519,14 @@ class Executor:
         self.timeout = timeout
         self.limits = limits or Limits()
         self.isolation = detect_isolation()
+        if not self.isolation["sample_uid"] and os.environ.get(UNSAFE_ENV) != "1":
+            # Without a uid of its own, a program shares the checker's uid and could reach its file
+            # descriptors through /proc, and only root can build the minimal root: nothing above holds.
+            raise PycodegenError(
+                "the sandbox needs root (a separate uid for each sample and for the checker, and the "
+                f"minimal root file system); run as root, e.g. in a container, or set {UNSAFE_ENV}=1 to "
+                "judge trusted samples with weaker isolation"
+            )
         self._pool: list[Worker] = []
         self._closed = threading.Event()
 

@@ -283,7 +283,11 @@ def run_checker(job: dict, code: dict, verdict_fd: int) -> None:
 
 
 def write_verdict(verdict_fd: int, outcome: str, detail: str, gone: bool) -> None:
-    line = json.dumps({"outcome": outcome, "detail": detail[:DETAIL], "gone": gone}) + "\n"
+    # ensure_ascii=False: 2,000 astral characters stay 8 KB of UTF-8 (escaped they would be 24 KB, past
+    # what the job server reads of a verdict).
+    detail = detail[:DETAIL].encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogate
+    line = json.dumps({"outcome": outcome, "detail": detail, "gone": gone}, ensure_ascii=False)
+    line += "\n"
     os.write(verdict_fd, line.encode())
 
 

@@ -257,6 +257,10 @@ class _Reader:
             text = str(self.blob(), "ascii", "replace")
             if len(text) > 10_000:
                 raise WireError("number too long")
+            # A Fraction is sent as digits "p/q"; an exponent ("1e999999999") would make the trusted side
+            # compute a huge power. A Decimal keeps its exponent (it stores it, computes nothing).
+            if tag == 114 and not all(c in "0123456789-/" for c in text):
+                raise WireError("bad fraction: digits and '/' only")
             try:
                 return fractions.Fraction(text) if tag == 114 else decimal.Decimal(text)
             except (ValueError, ArithmeticError) as exc:

@@ -742,12 +742,17 @@ def run_job(job: dict, cfg: dict, oom: OomCounter, programs: Programs, checkers:
         checker_pidfd = os.pidfd_open(checker)
     for fd in (to_program_r, to_program_w, to_checker_r, to_checker_w, w_v, w_o, w_e):
         os.close(fd)
-    pidfds = {os.pidfd_open(program): program, checker_pidfd: checker}
+    pidfds = {checker_pidfd: checker}
+    status: dict[int, int] = {}
+    try:
+        pidfds[os.pidfd_open(program)] = program
+    except ProcessLookupError:  # it has already ended (e.g. a syntax error) and the zygote reaped it
+        got = programs.status(program, 0.5)
+        status[program] = got if got is not None else -1
     buffers = {r_v: bytearray(), r_o: bytearray(), r_e: bytearray()}
     caps = {r_v: VERDICT_CAP, r_o: OUTPUT_CAP, r_e: OUTPUT_CAP}
     open_fds = set(buffers)
     deadline = started + job["timeout"]
-    status: dict[int, int] = {}
     timed_out = False
     checker_done_at = None
     while True:

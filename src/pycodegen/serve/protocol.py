@@ -18,6 +18,7 @@ from pycodegen.generate.engine import DecodeParams, Event
 
 FIM_REFUSAL = "this model was not trained for fill-in-the-middle"
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
+MAX_STOP_CHARS = 256  # every stop is matched against every row at every step, on the engine's thread
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's limit for /v1/completions `logprobs`
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat `top_logprobs`
 
@@ -65,7 +66,7 @@ class _Request(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63, description="A signed 64-bit integer.")
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -78,6 +79,8 @@ class _Request(BaseModel):
             raise RequestError(400, f"at most {MAX_STOPS} stop sequences, got {len(stops)}", param="stop")
         if any(s == "" for s in stops):
             raise RequestError(400, "a stop sequence must not be empty", param="stop")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise RequestError(400, f"a stop sequence is at most {MAX_STOP_CHARS} characters", param="stop")
         return stops
 
     def include_usage(self) -> bool:
@@ -234,6 +237,11 @@ def llama_params(req: LlamaCompletionRequest, limits: Limits) -> DecodeParams:
         raise RequestError(
             400, "presence_penalty is not supported by this server; leave it at 0", param="presence_penalty"
         )
+    stops = [s for s in req.stop if s]
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError(
+            400, f"at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters", param="stop"
+        )
     asked = None if req.n_predict < 0 else max(req.n_predict, 1)
     return DecodeParams(
         max_new_tokens=_max_tokens(asked, limits.max_tokens, limits, "n_predict"),
@@ -241,7 +249,7 @@ def llama_params(req: LlamaCompletionRequest, limits: Limits) -> DecodeParams:
         top_p=req.top_p,
         top_k=req.top_k,
         seed=req.seed if req.seed is not None and 0 <= req.seed < 2**63 else None,
-        stop=[s for s in req.stop if s],
+        stop=stops,
         logprobs=req.n_probs or None,
     )
 
