@@ -41,6 +41,15 @@ def parse_budget(text: str | None) -> float | None:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
+def valid_budget(value: str | None) -> str | None:
+    """A budget field's validator: the value as given, or pydantic's error for a malformed one."""
+    try:
+        parse_budget(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class StrictModel(BaseModel):
     """A config: unknown keys are errors, assignments are validated. A config composed of groups (e.g.
     TrainConfig) lists its flags in `--help` group by group, in the order the groups are composed."""
@@ -201,7 +210,20 @@ class ProblemSet(StrictModel):
         return self
 
 
-class GenerateConfig(SamplingConfig, ProblemSet):
+class EngineOptions(StrictModel):
+    """Engine"""
+
+    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto",
+        description="Decoding dtype: auto = bf16 on CUDA and AMX CPUs, else fp32; int8 = dynamic "
+        "quantization of the Linear layers (CPU; faster, text changes slightly).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for decoding; default: torch's (one per core)."
+    )
+
+
+class GenerateConfig(SamplingConfig, ProblemSet, EngineOptions):
     """`pycodegen generate`: a model completes prompts, or every problem of a benchmark."""
 
     model: str = Field(
@@ -220,14 +242,6 @@ class GenerateConfig(SamplingConfig, ProblemSet):
     )
     stop: list[str] = Field(default_factory=list, description="Stop string (not returned); repeatable.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens only; 0 = off.")
-    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto",
-        description="Decoding dtype: auto = bf16 on CUDA and AMX CPUs, else fp32; int8 = dynamic "
-        "quantization of Linear layers (CPU).",
-    )
-    threads: int | None = Field(
-        None, ge=1, description="CPU threads for decoding; default: torch's (one per core)."
-    )
 
     @model_validator(mode="after")
     def _benchmark_needs_out(self) -> GenerateConfig:
@@ -307,11 +321,7 @@ class SelfTrainConfig(SamplingConfig, ExecutorConfig):
     @field_validator("budget", "train_budget")
     @classmethod
     def _budgets(cls, value: str | None) -> str | None:
-        try:
-            parse_budget(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return valid_budget(value)
 
 
 # -- train ------------------------------------------------------------------------------------------------
@@ -374,11 +384,7 @@ class LoopConfig(StrictModel):
     @field_validator("budget")
     @classmethod
     def _budget(cls, value: str | None) -> str | None:
-        try:
-            parse_budget(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return valid_budget(value)
 
 
 class LoraConfig(StrictModel):
@@ -497,7 +503,7 @@ class RecipeVariant(StrictModel):
 
 
 # -- serve ------------------------------------------------------------------------------------------------
-class ServeConfig(StrictModel):
+class ServeConfig(EngineOptions):
     """`pycodegen serve`: an OpenAI-compatible HTTP server (and playground) over one model."""
 
     model: str = positional(
@@ -520,14 +526,6 @@ class ServeConfig(StrictModel):
     )
     request_timeout: float = Field(120.0, gt=0, description="Seconds a request may take, queue included.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (HTTP 413).")
-    dtype: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto",
-        description="Weights/compute dtype; auto = bf16 on CUDA or AMX CPUs, else fp32; int8 = dynamic "
-        "quantization of the Linear layers (CPU; faster, text changes slightly).",
-    )
-    threads: int | None = Field(
-        None, ge=1, description="CPU threads for decoding (default: torch's choice, one per core)."
-    )
     shutdown_timeout: float = Field(
         10.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before being cancelled."
     )
