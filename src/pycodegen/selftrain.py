@@ -225,6 +225,8 @@ class SelfTrain:
         from pycodegen.train.loop import train
 
         cfg = self.cfg
+        if (out / "final").is_dir():  # trained already (the run was killed after it, in dev)
+            return out / "final"
         budget = cfg.train_budget
         if self.deadline is not None:
             left = max(1, int(self.deadline - time.monotonic()))
@@ -239,7 +241,7 @@ class SelfTrain:
             max_steps=cfg.train_steps,
             budget=budget,
             batch_size=cfg.train_batch_size,
-            resume=(out / "checkpoints").exists(),
+            resume=any(out.glob("checkpoint-*")),  # a round killed mid-training continues
             eval_samples=0,
             seed=cfg.seed,
         )
