@@ -300,3 +300,30 @@ def test_third_party_output_is_quiet_unless_verbose(tiny_model: Path, tmp_path: 
     assert any(n in verbose for n in noise), "the check is void: no third-party output even with --verbose"
     quiet = run()
     assert not [n for n in noise if n in quiet], quiet
+
+
+def test_best_of_picks_the_sample_that_passes_the_prompts_examples() -> None:
+    """generate --best-of N --select examples: a passing sample beats a likelier failing one; a prompt
+    without examples falls back to the likeliest sample."""
+    from pycodegen.generate.select import select_by_examples
+    from pycodegen.sandbox.executor import Executor
+
+    prompt = 'def add(a, b):\n    """Add.\n\n    >>> add(1, 2)\n    3\n    """\n'
+    samples = [("    return a - b\n", -0.1), ("    return a + b\n", -0.9), ("    return a * b\n", -0.2)]
+    plain = "Write a function that adds two numbers."
+    with Executor(workers=1, timeout=5) as executor:
+        picked = select_by_examples([prompt, plain], [samples, [("x", -2.0), ("y", -0.5)]], "raw", executor)
+    assert picked[0].index == 1 and picked[0].passed_examples == [False, True, False]
+    assert picked[0].examples == 1
+    assert picked[1].index == 1 and picked[1].passed_examples == [None, None] and picked[1].examples == 0
+
+
+def test_best_of_needs_sampling_and_free_prompts() -> None:
+    import pytest
+
+    from pycodegen.config import GenerateConfig
+
+    with pytest.raises(ValueError, match="temperature > 0"):
+        GenerateConfig(prompt=["x"], best_of=4)
+    with pytest.raises(ValueError, match="evaluate --best-of"):
+        GenerateConfig(benchmark="humaneval", out="s.jsonl", best_of=4, temperature=0.8)

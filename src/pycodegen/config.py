@@ -243,6 +243,22 @@ class GenerateConfig(SamplingConfig, ProblemSet, EngineOptions):
     stop: list[str] = Field(default_factory=list, description="Stop string (not returned); repeatable.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens only; 0 = off.")
 
+    best_of: int | None = Field(
+        None,
+        ge=2,
+        description="Free prompts: draw N samples and print one that passes the prompt's >>> examples "
+        "in the sandbox (highest mean log-probability; needs --temperature > 0).",
+    )
+    select: Literal["examples"] = Field("examples", description="How --best-of picks (see evaluate).")
+
+    @model_validator(mode="after")
+    def _best_of_samples(self) -> GenerateConfig:
+        if self.best_of is not None and self.temperature <= 0:
+            raise ValueError("--best-of draws several samples: give --temperature > 0 (e.g. 0.8)")
+        if self.best_of is not None and (self.benchmark is not None or self.problems is not None):
+            raise ValueError("--best-of is for free prompts; on a benchmark use `evaluate --best-of`")
+        return self
+
     @model_validator(mode="after")
     def _benchmark_needs_out(self) -> GenerateConfig:
         if (self.benchmark is not None or self.problems is not None) and self.out is None:

@@ -65,6 +65,18 @@ def filtered_pass_at_1(samples: dict[str, list[tuple[bool | None, bool]]]) -> di
     }
 
 
+def select_index(candidates: list[tuple[bool | None, float | None]]) -> int:
+    """The sample selection by execution picks: among those that pass the examples (all, when none does),
+    the highest mean log-probability; ties and unknown log-probabilities go to the earliest.
+
+    >>> select_index([(False, -0.1), (True, -0.9), (True, -0.5)]), select_index([(None, None), (None, -2.0)])
+    (2, 1)
+    """
+    passing = [i for i, (e, _) in enumerate(candidates) if e]
+    pool = passing or list(range(len(candidates)))
+    return max(pool, key=lambda i: (lp if (lp := candidates[i][1]) is not None else -math.inf, -i))
+
+
 def best_of_pass_at_1(
     samples: dict[str, list[tuple[bool | None, float | None, bool]]], n: int
 ) -> dict[str, float | int]:
@@ -85,11 +97,8 @@ def best_of_pass_at_1(
     scores, by_examples = [], 0
     for results in samples.values():
         head = results[:n]
-        passing = [i for i, (e, _, _) in enumerate(head) if e]
-        if passing:
-            by_examples += 1
-        pool = passing or list(range(len(head)))
-        best = max(pool, key=lambda i: (head[i][1] if head[i][1] is not None else -math.inf, -i))
+        by_examples += any(e for e, _, _ in head)
+        best = select_index([(e, lp) for e, lp, _ in head])
         scores.append(float(head[best][2]))
     return {
         f"best_of_{n}_pass@1": float(np.mean(scores)) if scores else 0.0,

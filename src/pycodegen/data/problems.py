@@ -228,7 +228,7 @@ def verification_jobs(problem: dict, index: int) -> list[Job]:
                 problem["test"],
                 entry_point=problem["entry_point"],
                 check="check",
-                entry_points=[problem["entry_point"]],
+                prelude=problem["prompt"],  # the checker runs the prompt itself, as for HumanEval
             )
         )
     return jobs

@@ -4,49 +4,10 @@ sandbox runs (HumanEval style continues the prompt; MBPP style is the whole prog
 from __future__ import annotations
 
 import ast
-import re
 
-from pycodegen.benchmarks import Problem
+from pycodegen.benchmarks import Problem, defines, example_test, program_for
 from pycodegen.pyast import try_parse
 from pycodegen.sandbox.executor import Job
-
-
-def example_test(examples: list[tuple[str, str]]) -> str:
-    """Test code for `>>>` examples: each expected output that is a Python literal is compared by value.
-
-    >>> print(example_test([("f(1)", "2"), ("f('a')", "'b'"), ("g()", "not a literal <x>")]))
-    assert (f(1)) == 2, 'f(1)'
-    assert (f('a')) == 'b', "f('a')"
-    """
-    lines = []
-    for source, want in examples:
-        try:
-            ast.literal_eval(want)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
-        lines.append(f"assert ({source}) == {want}, {source!r}")
-    return "\n".join(lines)
-
-
-def defines(code: str, name: str) -> bool:
-    """Whether `code` defines a function `name` at top level (regex-free: parsed, or a textual fallback)."""
-    tree = try_parse(code)
-    if tree is None:
-        return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.M) is not None
-    return any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == name for n in tree.body)
-
-
-def program_for(problem: Problem, completion: str) -> str:
-    """The program a completion stands for.
-
-    HumanEval style: a completion that defines the entry point itself replaces the prompt's stub (the
-    prompt's imports and helpers stay); otherwise it continues the prompt.
-    """
-    if problem.style == "mbpp":
-        return completion
-    if defines(completion, problem.entry_point):
-        return problem.prompt + "    pass\n\n" + completion
-    return problem.prompt + completion
 
 
 def generated_code(problem: Problem, completion: str) -> str:

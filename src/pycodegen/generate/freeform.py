@@ -85,10 +85,17 @@ def generate_freeform(
     mode = engine.prompt_mode(cfg.prompt_mode)
     formatted = [engine.format_prompt(p, mode) for p in prompts]
     loaded = time.perf_counter()
-    completions = engine.generate(formatted, decode_params(cfg, cfg.stop))
+    params = decode_params(cfg, cfg.stop)
+    if cfg.best_of is not None:
+        params.n = cfg.best_of
+        params.logprobs = 0 if engine.supports_logprobs else None
+    completions = engine.generate(formatted, params)
+    picked = best_of(cfg, prompts, completions, mode, console) if cfg.best_of is not None else None
     rows = []
     for i, (prompt, choices) in enumerate(zip(prompts, completions, strict=True)):
         for j, choice in enumerate(choices):
+            if picked is not None and j != picked[i].index:
+                continue
             row = {
                 "task_id": f"prompt/{i}",
                 "sample_index": j,
@@ -98,13 +105,20 @@ def generate_freeform(
                 "raw": choice.text,
                 "finish_reason": choice.finish_reason,
             }
+            if picked is not None:
+                row |= {
+                    "best_of": cfg.best_of,
+                    "mean_logprob": mean_logprob(choice),
+                    "passed_examples": picked[i].passed_examples,
+                    "examples": picked[i].examples,
+                }
             rows.append(row)
             if not echo:
                 continue
             if cfg.format == "jsonl":
                 out.write(dumps(row) + "\n")
             else:
-                if len(prompts) * cfg.n > 1:
+                if len(prompts) * (1 if picked is not None else cfg.n) > 1:
                     console.rule(f"prompt {i} · sample {j}")
                 if out.isatty():  # highlighted on a terminal; in a pipe or file, exactly as generated
                     echo_sample(Console(file=out), choice.text)
@@ -122,6 +136,30 @@ def generate_freeform(
         f"{loaded - started:.1f} s)" + (f" → {cfg.out}" if cfg.out else "")
     )
     return rows
+
+
+def mean_logprob(choice: Any) -> float | None:
+    values = [t["logprob"] for t in choice.logprobs or []]
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def best_of(cfg: Any, prompts: list[str], completions: list[Any], mode: str, console: Console) -> list[Any]:
+    """Which of each prompt's samples to keep: one that passes its >>> examples in the sandbox."""
+    from pycodegen.generate.select import select_by_examples
+    from pycodegen.sandbox.executor import Executor
+
+    samples = [[(c.text, mean_logprob(c)) for c in choices] for choices in completions]
+    with Executor(workers=0, timeout=10.0) as executor:
+        picked = select_by_examples(prompts, samples, mode, executor)
+    for i, sel in enumerate(picked):
+        passing = sum(1 for p in sel.passed_examples if p)
+        how = (
+            f"{passing} of {len(sel.passed_examples)} samples pass its {plural(sel.examples, 'example')}"
+            if sel.examples
+            else "no >>> examples with literal results: the likeliest sample"
+        )
+        console.print(f"[bold cyan]generate[/] prompt {i}: sample {sel.index} chosen ({how})")
+    return picked
 
 
 def echo_sample(console: Console, text: str) -> None:
