@@ -652,12 +652,10 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
     """Validate `data` as `cls`; any error names the key, and unknown keys list the valid ones.
 
     >>> try:
-    ...     parse_config(GenerateConfig, {"temprature": 0.5})
+    ...     parse_config(ExecutorConfig, {"timout": 5})
     ... except ConfigError as exc:
-    ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
-    config: unknown key 'temprature'; valid keys: batch_size, benchmark, dtype, format, input, limit,
-    max_new_tokens, model, n, out, overwrite, problems, prompt, prompt_mode, seed, stop, temperature,
-    threads, top_k, top_p
+    ...     print(exc)
+    config: unknown key 'timout'; valid keys: memory_mb, timeout, workers
     """
     try:
         return cls.model_validate(data)
