@@ -95,6 +95,12 @@ class Completion:
     logprobs: list[dict[str, Any]] | None
     finish_reason: str
 
+    @property
+    def mean_logprob(self) -> float | None:
+        """The mean log-probability of its tokens (what selection by execution ranks by), if recorded."""
+        values = [t["logprob"] for t in self.logprobs or []]
+        return round(sum(values) / len(values), 6) if values else None
+
 
 def decode_params(
     sampling: Any, stop: list[str] | None = None, stop_after_code_block: bool = False

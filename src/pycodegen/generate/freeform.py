@@ -108,7 +108,7 @@ def generate_freeform(
             if picked is not None:
                 row |= {
                     "best_of": cfg.best_of,
-                    "mean_logprob": mean_logprob(choice),
+                    "mean_logprob": choice.mean_logprob,
                     "passed_examples": picked[i].passed_examples,
                     "examples": picked[i].examples,
                 }
@@ -138,17 +138,12 @@ def generate_freeform(
     return rows
 
 
-def mean_logprob(choice: Any) -> float | None:
-    values = [t["logprob"] for t in choice.logprobs or []]
-    return round(sum(values) / len(values), 6) if values else None
-
-
 def best_of(cfg: Any, prompts: list[str], completions: list[Any], mode: str, console: Console) -> list[Any]:
     """Which of each prompt's samples to keep: one that passes its >>> examples in the sandbox."""
     from pycodegen.generate.select import select_by_examples
     from pycodegen.sandbox.executor import Executor
 
-    samples = [[(c.text, mean_logprob(c)) for c in choices] for choices in completions]
+    samples = [[(c.text, c.mean_logprob) for c in choices] for choices in completions]
     with Executor(workers=0, timeout=10.0) as executor:
         picked = select_by_examples(prompts, samples, mode, executor)
     for i, sel in enumerate(picked):

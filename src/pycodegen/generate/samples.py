@@ -133,9 +133,8 @@ def generate_samples(
                             "completion": completion,
                             "raw": choice.text,
                         }
-                        if choice.logprobs:
-                            lps = [t["logprob"] for t in choice.logprobs]
-                            row["mean_logprob"] = round(sum(lps) / len(lps), 6)
+                        if choice.mean_logprob is not None:
+                            row["mean_logprob"] = choice.mean_logprob
                         fh.write(dumps(row) + "\n")
                     fh.flush()  # a task is on disk whole before the next one is written
                     finished += 1

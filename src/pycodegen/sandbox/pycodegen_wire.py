@@ -211,14 +211,7 @@ class _Reader:
             self.pos -= 4
             return int.from_bytes(self.blob(), "big", signed=True)
         if tag == 100:  # d
-            result: dict = {}
-            for _ in range(self.count()):
-                key = self.value(depth + 1)
-                try:
-                    result[key] = self.value(depth + 1)
-                except TypeError as exc:
-                    raise WireError(f"bad dict key: {exc}") from exc
-            return result
+            return self.items_into({}, depth)
         if tag == 99:  # c
             real, imag = _unpack_c(data, self.pos)
             self.pos += 16
@@ -228,6 +221,16 @@ class _Reader:
         if tag == 97:  # a
             return bytearray(self.blob())
         return self.rare(tag, depth)
+
+    def items_into(self, mapping: dict, depth: int) -> dict:
+        """A mapping's key/value pairs, read into `mapping` (any dict type); an unhashable key is an error."""
+        for _ in range(self.count()):
+            key = self.value(depth + 1)
+            try:
+                mapping[key] = self.value(depth + 1)
+            except TypeError as exc:
+                raise WireError(f"bad dict key: {exc}") from exc
+        return mapping
 
     def rare(self, tag: int, depth: int) -> object:
         data = self.data
@@ -244,13 +247,7 @@ class _Reader:
                 if tag == 79
                 else collections.defaultdict(factory)
             )
-            for _ in range(self.count()):
-                key = self.value(depth + 1)
-                try:
-                    mapping[key] = self.value(depth + 1)
-                except TypeError as exc:
-                    raise WireError(f"bad dict key: {exc}") from exc
-            return mapping
+            return self.items_into(mapping, depth)
         if tag == 113:  # q
             return collections.deque([self.value(depth + 1) for _ in range(self.count())])
         if tag in (114, 109):  # r, m
