@@ -34,9 +34,8 @@ from pycodegen.data.dataset_dir import read_split, split_path, write_manifest
 from pycodegen.data.decontaminate import Decontaminator, function_signatures, load_humaneval, load_mbpp_test
 from pycodegen.errors import ConfigError
 from pycodegen.evaluate.programs import job_for
-from pycodegen.evaluate.score import VerdictLog, execute, fingerprint
+from pycodegen.evaluate.score import execute, executor_for, verdict_log_for
 from pycodegen.jsonl import read_jsonl, write_json, write_jsonl
-from pycodegen.sandbox.executor import Executor, Limits
 from pycodegen.templates import hust_prompt
 
 DONE = "done.json"
@@ -143,13 +142,11 @@ class SelfTrain:
 
     def judge(self, samples_path: Path, out: Path) -> dict[tuple[str, int], dict[str, Any]]:
         """Verdicts of every sample (resumable: OUT/verdicts.jsonl keeps what was decided)."""
-        cfg = self.cfg
         samples = read_jsonl(samples_path)
         jobs = [job_for(self.by_id[s["task_id"]], s["completion"], s["sample_index"]) for s in samples]
-        settings = {"timeout_s": cfg.timeout, "memory_mb": cfg.memory_mb}
-        log = VerdictLog(out, {(j.task_id, j.sample_index): fingerprint(j) for j in jobs}, settings)
+        log = verdict_log_for(out, jobs, self.cfg)
         try:
-            with Executor(cfg.workers, cfg.timeout, Limits(memory_bytes=cfg.memory_mb << 20)) as executor:
+            with executor_for(self.cfg) as executor:
                 execute(jobs, log, executor, self.console, "judging")
         finally:
             log.close()

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from pycodegen import metrics
 from pycodegen.benchmarks import Problem, load_problems
-from pycodegen.config import EvaluateConfig
+from pycodegen.config import EvaluateConfig, ExecutorConfig
 from pycodegen.console import plural, progress
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate.programs import example_job_for, generated_code, job_for
@@ -89,6 +89,17 @@ class VerdictLog:
 
     def close(self) -> None:
         self.log.close()
+
+
+def verdict_log_for(path: Path, jobs: list[Job], settings: ExecutorConfig) -> VerdictLog:
+    """The verdict log of these jobs under these executor settings (resumes what matches)."""
+    expected = {(j.task_id, j.sample_index): fingerprint(j) for j in jobs}
+    return VerdictLog(path, expected, {"timeout_s": settings.timeout, "memory_mb": settings.memory_mb})
+
+
+def executor_for(settings: ExecutorConfig) -> Executor:
+    """The sandbox a config's --workers/--timeout/--memory-mb ask for."""
+    return Executor(settings.workers, settings.timeout, Limits(memory_bytes=settings.memory_mb << 20))
 
 
 def execute(jobs: list[Job], log: VerdictLog, executor: Executor, console: Console, label: str) -> None:
@@ -246,18 +257,10 @@ def _run_sandboxed(
         for s in samples
         if (j := example_job_for(problems[s["task_id"]], s["completion"], s["sample_index"])) is not None
     ]
-    executor_settings = {"timeout_s": settings.timeout, "memory_mb": settings.memory_mb}
-    verdict_log = VerdictLog(
-        out / "verdicts.jsonl", {(j.task_id, j.sample_index): fingerprint(j) for j in jobs}, executor_settings
-    )
-    example_log = VerdictLog(
-        out / "example_verdicts.jsonl",
-        {(j.task_id, j.sample_index): fingerprint(j) for j in example_jobs},
-        executor_settings,
-    )
-    limits = Limits(memory_bytes=settings.memory_mb << 20)
+    verdict_log = verdict_log_for(out / "verdicts.jsonl", jobs, settings)
+    example_log = verdict_log_for(out / "example_verdicts.jsonl", example_jobs, settings)
     try:
-        with Executor(settings.workers, settings.timeout, limits) as executor:
+        with executor_for(settings) as executor:
             console.print(
                 f"[bold cyan]evaluate[/] {plural(len(samples), 'sample')} of "
                 f"{plural(len({s['task_id'] for s in samples}), name + ' problem')} on "
