@@ -411,3 +411,46 @@ def test_read_split_names_file_and_line(messy_tree: Path, tmp_path: Path) -> Non
         read_split(out, "train")
     with pytest.raises(DataError, match=r"is not a prepared dataset"):
         read_manifest(tmp_path)
+
+
+def test_added_sources_are_read_beside_the_source_and_mbpp_keeps_its_named_splits(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """HUST and Nazarbayev train on CodeAlpaca + MBPP train: `add_source` reads a second dataset in its own
+    format; `mbpp_splits` keeps only MBPP's train task_ids (601-974); a bad line in the added file is named
+    by file and line."""
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(
+        json.dumps(
+            [
+                {
+                    "instruction": f"Return {i} plus x.",
+                    "input": "",
+                    "output": f"def f{i}(x):\n    return x + {i}\n",
+                }
+                for i in range(30)
+            ]
+        )
+    )
+    out = tmp_path / "both"
+    m = prepare(
+        PrepareConfig(
+            source=str(alpaca),
+            add_source=["builtin:mbpp"],
+            mbpp_splits=["train"],
+            out=out,
+            task="instruction",
+            require_parse=True,
+        )
+    )
+    assert m["source"]["format"] == "codealpaca" and m["added_sources"][0]["format"] == "mbpp"
+    ids = [r["id"] for r in _all_rows(out)]
+    mbpp = [int(i.split("/")[1]) for i in ids if i.startswith("mbpp/")]
+    assert mbpp and all(601 <= i <= 974 for i in mbpp)
+    assert any(i.startswith("alpaca/") for i in ids)
+    assert m["counts"]["outside_mbpp_splits"] == 600  # test, validation and prompt rows, never read
+
+    broken = tmp_path / "extra.jsonl"
+    broken.write_text(json.dumps({"text": "t", "code": "x = 1", "test_list": []}) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"extra\.jsonl:2"):
+        prepare(PrepareConfig(source=str(alpaca), add_source=[str(broken)], out=tmp_path / "bad"))

@@ -74,6 +74,15 @@ class PrepareSource(StrictModel):
     source: str | None = Field(
         None, description="Source tree, single .py file or dataset file; default: the running stdlib."
     )
+    add_source: list[str] = Field(
+        default_factory=list,
+        description="Further dataset files read beside --source (each in its own detected format), e.g. MBPP "
+        "train beside CodeAlpaca; repeatable.",
+    )
+    mbpp_splits: list[Literal["train", "validation", "test", "prompt"]] = Field(
+        default_factory=list,
+        description="Keep only MBPP rows of these standard splits (by task_id; e.g. train); empty = all.",
+    )
     format: Format = Field("auto", description="Dataset format; 'auto' detects it from the fields.")
     out: Path = Field(Path("runs/data"), description="Output dataset directory.")
     skip_bad: bool = Field(False, description="Skip and count malformed dataset lines instead of failing.")

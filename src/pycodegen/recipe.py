@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from pycodegen.benchmarks import packaged_source
 from pycodegen.config import (
     EvaluateConfig,
     GenerateConfig,
@@ -91,29 +92,6 @@ def _merged(cls: type[BaseModel], base: BaseModel | None, override: dict[str, An
     unset, so that `defaults` can still fill them in)."""
     data = (base.model_dump(exclude_unset=True) if base is not None else {}) | override
     return parse_config(cls, data, where=where)
-
-
-PACKAGED = "builtin:"
-
-
-def packaged_source(source: str | None) -> str | None:
-    """A prepare source as a path: `builtin:mbpp` is the MBPP copy shipped inside pycodegen (so the
-    quickstart needs nothing beside the installed package); anything else is left as it is.
-
-    >>> packaged_source("builtin:mbpp").endswith("mbpp.jsonl"), packaged_source("data/x.json")
-    (True, 'data/x.json')
-    """
-    if source is None or not source.startswith(PACKAGED):
-        return source
-    from pycodegen.benchmarks import mbpp_path
-
-    known = {"mbpp": mbpp_path}
-    name = source.removeprefix(PACKAGED)
-    if name not in known:
-        raise ConfigError(
-            f"source {source!r}: the packaged sources are {', '.join(PACKAGED + k for k in known)}"
-        )
-    return str(known[name]())
 
 
 def peak_rss_reset() -> bool:
@@ -307,13 +285,15 @@ class RecipeRun:
             if key not in prepared:
                 cfg = _merged(PrepareConfig, recipe.prepare, variant.prepare, f"variants.{name}.prepare")
                 cfg = defaults(cfg, out=out / ("data" + (suffix if variant.prepare else "")))
-                cfg = cfg.model_copy(update={"source": packaged_source(cfg.source)})
+                added = [str(packaged_source(s)) for s in cfg.add_source]
+                cfg = cfg.model_copy(update={"source": packaged_source(cfg.source), "add_source": added})
                 source = Path(cfg.source) if cfg.source else Path(os.__file__).parent  # default: stdlib
+                inputs = {"source": source} | {f"add_source {i}": Path(s) for i, s in enumerate(added)}
                 self.stage(
                     key,
                     cfg,
                     self.prepare,
-                    {"source": source},
+                    inputs,
                     [Path(cfg.out) / "manifest.json"],
                     exclude=cfg.exclude,
                 )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pycodegen.errors import DataError, unknown_name
+from pycodegen.errors import ConfigError, DataError, unknown_name
 from pycodegen.jsonl import iter_jsonl, read_jsonl
 from pycodegen.pyast import try_parse
 from pycodegen.zoo import package_data
@@ -24,6 +24,27 @@ MBPP_SPLITS = {
     "validation": range(511, 601),
     "prompt": range(1, 11),
 }
+
+
+PACKAGED = "builtin:"
+
+
+def packaged_source(source: str | None) -> str | None:
+    """A prepare source as a path: `builtin:mbpp` is the MBPP copy shipped inside pycodegen (so the
+    quickstart needs nothing beside the installed package); anything else is left as it is.
+
+    >>> packaged_source("builtin:mbpp").endswith("mbpp.jsonl"), packaged_source("data/x.json")
+    (True, 'data/x.json')
+    """
+    if source is None or not source.startswith(PACKAGED):
+        return source
+    known = {"mbpp": mbpp_path}
+    name = source.removeprefix(PACKAGED)
+    if name not in known:
+        raise ConfigError(
+            f"source {source!r}: the packaged sources are {', '.join(PACKAGED + k for k in known)}"
+        )
+    return str(known[name]())
 
 
 def humaneval_path() -> Path:

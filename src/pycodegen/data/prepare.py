@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from pycodegen import __version__
+from pycodegen.benchmarks import MBPP_SPLITS, packaged_source
 from pycodegen.config import PrepareConfig
 from pycodegen.console import console as default_console
 from pycodegen.console import plural, progress
@@ -75,7 +76,8 @@ class Preparer:
     # -- sources --------------------------------------------------------------------------------------
     def load_items(self) -> list[Item]:
         cfg = self.cfg
-        root = Path(cfg.source).expanduser() if cfg.source else stdlib_root()
+        source = packaged_source(cfg.source)  # `builtin:mbpp`: the copy shipped inside pycodegen
+        root = Path(source).expanduser() if source else stdlib_root()
         if not root.exists():
             raise DataError(f"source {root} does not exist")
         # A directory, or one source file (`--source script.py`), is a source tree; any other file is a
@@ -90,7 +92,10 @@ class Preparer:
             raise ConfigError(
                 f"--format python-tree needs a directory or a source file, but {root} is neither"
             )
-        return self._pair_items(root)
+        items = self._pair_items(root, primary=True)
+        for extra in cfg.add_source:
+            items += self._pair_items(Path(str(packaged_source(extra))).expanduser(), primary=False)
+        return items
 
     def _tree_items(self, root: Path) -> list[Item]:
         cfg = self.cfg
@@ -175,28 +180,42 @@ class Preparer:
                 items.append(it)
         return items
 
-    def _pair_items(self, path: Path) -> list[Item]:
+    def _pair_items(self, path: Path, primary: bool = True) -> list[Item]:
+        """A dataset file's records as items; `--source` is the manifest's `source`, each `--add-source`
+        an entry of its `added_sources` (rows and malformed lines counted over all of them)."""
         cfg = self.cfg
-        read = read_dataset(path, cfg.format, cfg.skip_bad)
-        raw = path.read_bytes()
-        self.manifest["source"] = {
+        if not path.is_file():
+            raise DataError(f"--add-source {path}: not a dataset file (a JSON or JSONL file)")
+        read = read_dataset(path, cfg.format if primary else "auto", cfg.skip_bad)
+        records = read.records
+        kept_splits = ""
+        if read.format == "mbpp" and cfg.mbpp_splits:
+            ids = {i for split in cfg.mbpp_splits for i in MBPP_SPLITS[split]}
+            records = [r for r in records if (r.extra or {}).get("task_id") in ids]
+            self.counts["outside_mbpp_splits"] += len(read.records) - len(records)
+            kept_splits = f"; kept {len(records)} of MBPP {'+'.join(cfg.mbpp_splits)}"
+        described = {
             "kind": "dataset",
             "path": str(path.resolve()),
             "format": read.format,
             "rows": read.rows,
-            "sha256": hashlib.sha256(raw).hexdigest(),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         }
-        self.manifest["bad_lines"] = {
-            "count": len(read.bad_lines),
-            "lines": read.bad_lines[:EXAMPLES_IN_MANIFEST],
-        }
-        self.counts["rows"] = read.rows
-        self.counts["bad_lines"] = len(read.bad_lines)
+        if primary:
+            self.manifest["source"] = described
+        else:
+            self.manifest.setdefault("added_sources", []).append(described)
+        bad = self.manifest.setdefault("bad_lines", {"count": 0, "lines": []})
+        bad["count"] += len(read.bad_lines)
+        bad["lines"] = (bad["lines"] + read.bad_lines)[:EXAMPLES_IN_MANIFEST]
+        self.counts["rows"] += read.rows
+        self.counts["bad_lines"] += len(read.bad_lines)
         self.log(
             f"read {plural(read.rows, 'row')} of {read.format} from {path}"
             + (f"; skipped {len(read.bad_lines)} malformed" if read.bad_lines else "")
+            + kept_splits
         )
-        return self._keep([pair_item(pair, cfg.task) for pair in read.records])
+        return self._keep([pair_item(pair, cfg.task) for pair in records])
 
     # -- cleaning -------------------------------------------------------------------------------------
     def clean(self, items: list[Item]) -> list[Item]:
