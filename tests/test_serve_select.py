@@ -81,7 +81,7 @@ def wired(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 ASK = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.0, "seed": 3, "best_of": 8}
 
 
-def test_best_of_select_examples_returns_the_passing_sample_over_a_likelier_failing_one(wired: Served) -> None:
+def test_best_of_select_examples_picks_a_passing_sample_over_a_likelier_failing_one(wired: Served) -> None:
     status, plain = wired.post("/v1/completions", {**ASK, "best_of": None, "n": 8}, key=None)
     assert status == 200, plain
     drawn = [c["text"] for c in plain["choices"]]
