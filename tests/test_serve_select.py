@@ -92,6 +92,7 @@ def test_best_of_select_examples_picks_a_passing_sample_over_a_likelier_failing_
     assert status == 200, by_logprob
     assert [c["text"] for c in by_logprob["choices"]] == [FAILING]  # OpenAI's rule: the likeliest
     assert by_logprob["choices"][0]["logprobs"] is None  # ranked by log-probabilities, not asked to show
+    assert by_logprob["selection"] == {"best_of": 8, "select": "logprob"}
     assert by_logprob["usage"]["completion_tokens"] == tokens  # every one of the 8 samples counts
 
     status, by_examples = wired.post("/v1/completions", {**ASK, "select": "examples"}, key=None)

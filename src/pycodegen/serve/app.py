@@ -389,10 +389,13 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
         async def choose(events: dict[int, list[Event]]) -> dict[int, list[Event]]:
             ranking = await ranked(req, job, events)
             best = ranking.order[: req.n]
-            passing = sum(1 for flag in ranking.passed_examples if flag)
-            selection.update(best_of=params.n, select=req.select, examples=ranking.examples, passing=passing)
-            if req.select == "examples":
-                selection["passed_examples"] = [ranking.passed_examples[i] for i in best]
+            selection.update(best_of=params.n, select=req.select)
+            if req.select == "examples":  # what the sandbox found: the prompt's examples, who passed them
+                selection.update(
+                    examples=ranking.examples,
+                    passing=sum(1 for flag in ranking.passed_examples if flag),
+                    passed_examples=[ranking.passed_examples[i] for i in best],
+                )
             return {rank: events[i] for rank, i in enumerate(best)}
 
         def chunk(event: Event) -> str | None:
