@@ -136,3 +136,23 @@ def test_select_examples_is_refused_when_the_server_does_not_run_samples(tmp_pat
         assert served.scheduler.metrics.prompt_tokens._value.get() == 0  # refused before decoding
         status, body = served.post("/v1/completions", ASK, key=None)
         assert status == 200 and body["choices"][0]["text"] == FAILING  # logprob needs no sandbox
+
+
+def test_judging_past_the_time_limit_answers_504_and_the_server_judges_again(tmp_path: Path) -> None:
+    """The judging is held to the request's time limit: a prompt whose program sleeps at import outlives
+    it (504, at about the limit), and the next request is judged (the sandbox skipped the rest)."""
+    import time
+
+    from pycodegen.generate.engine import Engine
+
+    engine = Engine.load(str(_wired_model(tmp_path)), dtype="fp32", max_batch=8)
+    sleepy = "import time\ntime.sleep(3)\n\n\n" + PROMPT  # same last token: the same two completions
+    for served in run_server(engine, None, max_n=8, select_examples=True, request_timeout=1.5):
+        started = time.monotonic()
+        status, body = served.post(
+            "/v1/completions", {**ASK, "prompt": sleepy, "select": "examples"}, key=None
+        )
+        assert status == 504 and body["error"]["code"] == "timeout", body
+        assert time.monotonic() - started < 3  # cut at the limit, not when the samples finish
+        status, body = served.post("/v1/completions", {**ASK, "select": "examples"}, key=None)
+        assert status == 200 and body["choices"][0]["text"] == PASSING, body
