@@ -554,6 +554,11 @@ class ServeConfig(EngineOptions):
     shutdown_timeout: float = Field(
         10.0, ge=0, description="On SIGTERM, seconds in-flight requests get to finish before being cancelled."
     )
+    select_examples: bool = Field(
+        False,
+        description='Allow best_of with select "examples": samples run against the prompt\'s >>> examples '
+        "in the sandbox (needs root, or PYCODEGEN_UNSAFE_SANDBOX=1); off, such requests get HTTP 400.",
+    )
 
 
 class RecipeConfig(StrictModel):

@@ -6,6 +6,8 @@ scores)."""
 from __future__ import annotations
 
 import ast
+import threading
+from contextlib import closing
 from dataclasses import dataclass
 
 from pycodegen.benchmarks import Problem, docstring_examples, example_test, program_for
@@ -41,8 +43,11 @@ def select_by_examples(
     samples: list[list[tuple[str, float | None]]],
     mode: str,
     executor: Executor,
+    stop: threading.Event | None = None,
 ) -> list[Selection]:
-    """For each prompt, its samples' (raw text, mean log-probability) → the selection."""
+    """For each prompt, its samples' (raw text, mean log-probability) → the selection. Setting `stop`
+    (the server's client left, or its time ran out) ends the judging after the samples running now; the
+    selections are then partial and meant to be thrown away."""
     problems = [prompt_problem(p, f"prompt/{i}") for i, p in enumerate(prompts)]
     jobs = []
     for problem, texts in zip(problems, samples, strict=True):
@@ -60,7 +65,12 @@ def select_by_examples(
                     prelude=problem.prompt,
                 )
             )
-    passed = {(v.task_id, v.sample_index): v.passed for v in executor.map(jobs)}
+    passed: dict[tuple[str, int], bool] = {}
+    with closing(executor.map(jobs)) as verdicts:  # closing it skips the samples not yet started
+        for verdict in verdicts:
+            passed[verdict.task_id, verdict.sample_index] = verdict.passed
+            if stop is not None and stop.is_set():
+                break
     selections = []
     for i, (problem, texts) in enumerate(zip(problems, samples, strict=True)):
         flags: list[bool | None] = [

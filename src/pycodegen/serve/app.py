@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,7 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pycodegen.generate.engine import DecodeParams, Engine, Event, FimUnsupported
 from pycodegen.serve import protocol as p
 from pycodegen.serve.protocol import FIM_REFUSAL, Limits, RequestError
-from pycodegen.serve.scheduler import Job, Scheduler
+from pycodegen.serve.scheduler import Job, RequestTimeout, Scheduler
+from pycodegen.serve.selection import Judge, Ranking, by_logprob
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -191,6 +193,14 @@ def _finish(events: list[Event]) -> str | None:
     return events[-1].finish_reason if events else None
 
 
+def _mean_logprob(events: list[Event], eos_ids: set[int]) -> float | None:
+    """A choice's mean token log-probability, as the engine's `Completion.mean_logprob` (what `generate
+    --best-of` ranks by): the end-of-sequence token, which its last event carries, not counted."""
+    pairs = [(t, lp) for e in events for t, lp in zip(e.token_ids, e.logprobs or [], strict=False)]
+    values = [lp["logprob"] for t, lp in pairs if t not in eos_ids]
+    return round(sum(values) / len(values), 6) if values else None
+
+
 def chat_prompt(engine: Engine, messages: list[p.ChatMessage]) -> str:
     """The model's text for a conversation: the tokenizer's chat template; a model without one (a base
     model, a HUST-template checkpoint) takes a single user message in its own prompt mode."""
@@ -215,6 +225,7 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
     scheduler = Scheduler(
         engine, max_batch=cfg.max_batch, queue_size=cfg.queue_size, request_timeout=cfg.request_timeout
     )
+    judge = Judge(cfg.select_examples)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -223,6 +234,7 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
             yield
         finally:
             engine.stop(drain=False)  # uvicorn has already let in-flight requests finish or cancelled them
+            judge.close()
 
     app = FastAPI(title="pycodegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scheduler = scheduler
@@ -279,8 +291,10 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
         job: Job,
         stream: Callable[[], AsyncIterator[str]] | None,
         build: Callable[[dict[int, list[Event]]], dict[str, Any]],
+        choose: Callable[[dict[int, list[Event]]], Awaitable[dict[int, list[Event]]]] | None = None,
     ) -> Response:
-        """A streamed (SSE) or whole response for an admitted job; the job is released either way."""
+        """A streamed (SSE) or whole response for an admitted job; the job is released either way.
+        `choose` (best_of) keeps the choices to return, after decoding and before `build`."""
         if stream is not None:
             return StreamingResponse(
                 stream(),
@@ -295,7 +309,32 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
         if events is None:  # the client left: nobody reads this, but the metrics count it (nginx's 499)
             return Response(status_code=CLIENT_GONE)
         _ended_badly(events)
+        if choose is not None:
+            events = await unless_disconnected(request, choose(events))
+            if events is None:
+                return Response(status_code=CLIENT_GONE)
         return JSONResponse(build(events))
+
+    async def ranked(req: p.CompletionRequest, job: Job, events: dict[int, list[Event]]) -> Ranking:
+        """The best_of samples ranked by the request's rule; examples are judged on a worker thread,
+        within the request's time limit (a cancelled wait stops the judging too)."""
+        eos = getattr(engine.backend, "eos_ids", set())
+        samples = [(_text(evs), _mean_logprob(evs, eos)) for _, evs in sorted(events.items())]
+        if req.select == "logprob":
+            return by_logprob(samples)
+        stop = threading.Event()
+        try:
+            ranking = await asyncio.wait_for(
+                asyncio.to_thread(judge.rank, req.single_prompt(), samples, stop),
+                max(job.deadline - time.monotonic(), 0),
+            )
+        except TimeoutError:
+            raise RequestTimeout(scheduler.request_timeout) from None
+        finally:
+            stop.set()  # the client left or time ran out: the sandbox skips the samples not yet started
+        if ranking is None:  # the server is shutting down
+            raise RequestError(503, "the server is shutting down; retry", type="server_error")
+        return ranking
 
     async def streamed(
         job: Job, chunks: Callable[[Event], str | None], tail: Callable[[], list[str]]
@@ -338,11 +377,26 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
     async def completions(req: p.CompletionRequest, request: Request) -> Response:
         params = p.completion_params(req, limits)
         prompt = req.single_prompt()
+        if req.selecting():
+            await refuse_unselectable(req)
         if req.suffix:  # an empty suffix is a plain continuation, for any model
             prompt = fim_prompt(prompt, req.suffix)
         job = admit(prompt, params)
         rid, created = p.new_id("cmpl"), p.now()
         offsets = dict.fromkeys(range(params.n), 0)
+        selection: dict[str, Any] = {}
+
+        async def choose(events: dict[int, list[Event]]) -> dict[int, list[Event]]:
+            ranking = await ranked(req, job, events)
+            best = ranking.order[: req.n]
+            selection.update(best_of=params.n, select=req.select)
+            if req.select == "examples":  # what the sandbox found: the prompt's examples, who passed them
+                selection.update(
+                    examples=ranking.examples,
+                    passing=sum(1 for flag in ranking.passed_examples if flag),
+                    passed_examples=[ranking.passed_examples[i] for i in best],
+                )
+            return {rank: events[i] for rank, i in enumerate(best)}
 
         def chunk(event: Event) -> str | None:
             if not event.text and event.finish_reason is None and not event.logprobs:
@@ -369,17 +423,39 @@ def create_app(engine: Engine, cfg: ServeConfig, *, api_key: str | None = None) 
                 {
                     "index": i,
                     "text": _text(evs),
-                    "logprobs": p.completion_logprobs(evs),
+                    # best_of asks the engine for log-probabilities to rank by; shown only when asked for
+                    "logprobs": p.completion_logprobs(evs) if req.logprobs is not None else None,
                     "finish_reason": _finish(evs),
                 }
                 for i, evs in sorted(events.items())
             ]
             body = p.completion_chunk(rid, engine.name, created, choices)
-            return {**body, "usage": p.usage(job.prompt_tokens, job.completion_tokens)}
+            # usage counts every best_of sample's tokens: all of them were decoded
+            body = {**body, "usage": p.usage(job.prompt_tokens, job.completion_tokens)}
+            return {**body, "selection": selection} if selection else body
 
         return await respond(
-            request, job, (lambda: streamed(job, chunk, tail)) if req.stream else None, build
+            request,
+            job,
+            (lambda: streamed(job, chunk, tail)) if req.stream else None,
+            build,
+            choose if req.selecting() else None,
         )
+
+    async def refuse_unselectable(req: p.CompletionRequest) -> None:
+        """Refuse, before decoding anything, a best_of this server cannot rank."""
+        if not engine.supports_logprobs:
+            raise RequestError(
+                400,
+                "best_of ranks samples by their token log-probabilities, which this model's decoder does "
+                "not give; leave best_of unset",
+                param="best_of",
+            )
+        if req.select == "examples":
+            if req.suffix:
+                message = 'select "examples" runs the prompt as code; it does not take a suffix'
+                raise RequestError(400, message, param="suffix")
+            await asyncio.to_thread(judge.open)  # the first call starts the sandbox (a second or so)
 
     @app.post("/v1/chat/completions")
     async def chat(req: p.ChatRequest, request: Request) -> Response:

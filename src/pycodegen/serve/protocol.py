@@ -101,7 +101,19 @@ class CompletionRequest(_Request):
     max_tokens: int | None = Field(None, ge=1, description="Default 16, as OpenAI's.")
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     echo: bool = False
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(
+        None, ge=1, description="Draw best_of samples server-side and return the n best (not streamed)."
+    )
+    select: Literal["logprob", "examples"] = Field(
+        "logprob",
+        description="pycodegen's extension: how best_of ranks its samples. logprob = the highest mean "
+        "token log-probability (OpenAI's rule); examples = those passing the prompt's docstring `>>>` "
+        "examples in the sandbox first, then by mean log-probability.",
+    )
+
+    def selecting(self) -> bool:
+        """Whether the server draws more samples than it returns (best_of > n) and must choose."""
+        return self.best_of is not None and self.best_of > self.n
 
     def single_prompt(self) -> str:
         if isinstance(self.prompt, str):
@@ -202,16 +214,36 @@ def completion_params(req: CompletionRequest, limits: Limits) -> DecodeParams:
     req.unsupported()
     if req.echo:
         raise RequestError(400, "echo is not supported by this server", param="echo")
-    if req.best_of is not None and req.best_of != req.n:
-        raise RequestError(400, "best_of is not supported by this server (leave it unset)", param="best_of")
+    n = _n(req.n, limits)
+    logprobs = req.logprobs
+    if req.best_of is not None and req.best_of < n:
+        raise RequestError(400, f"best_of ({req.best_of}) must be at least n ({n})", param="best_of")
+    if req.selecting():
+        assert req.best_of is not None
+        if req.best_of > limits.max_n:  # every draw is decoded: best_of counts against the n cap
+            raise RequestError(
+                400, f"best_of {req.best_of} is over this server's cap of {limits.max_n}", param="best_of"
+            )
+        if req.stream:
+            raise RequestError(400, "best_of results cannot be streamed (as OpenAI's)", param="stream")
+        if req.temperature == 0:
+            raise RequestError(
+                400, "best_of draws several samples: give temperature > 0 (e.g. 0.8)", param="temperature"
+            )
+        n = req.best_of
+        logprobs = logprobs or 0  # the chosen tokens' log-probabilities: mean log-probability ranks them
+    elif req.select != "logprob":
+        raise RequestError(
+            400, f'select "{req.select}" chooses among best_of samples: give best_of > n', param="select"
+        )
     return DecodeParams(
         max_new_tokens=_max_tokens(req.max_tokens, 16, limits, "max_tokens"),
         temperature=req.temperature,
         top_p=req.top_p,
-        n=_n(req.n, limits),
+        n=n,
         seed=req.seed,
         stop=req.stops(),
-        logprobs=req.logprobs,
+        logprobs=logprobs,
     )
 
 
