@@ -147,3 +147,18 @@ def test_sampled_and_batched_rows_do_not_speculate(tiny: Path) -> None:  # noqa:
     assert engine.stats["drafted"] == 0
     engine.generate(PROMPTS[3:4], DecodeParams(max_new_tokens=16))
     assert engine.stats["drafted"] > 0
+
+
+def test_draft_counts_in_the_servers_metrics(tiny: Path) -> None:  # noqa: F811
+    from prometheus_client import generate_latest
+
+    from pycodegen.serve.scheduler import Scheduler
+
+    engine = Engine.load(str(tiny), dtype="fp32", prompt_lookup=DRAFT)
+    engine.generate(PROMPTS[3:4], DecodeParams(max_new_tokens=16))
+    scheduler = Scheduler(engine, max_batch=1, queue_size=0, request_timeout=1.0)
+    text = generate_latest(scheduler.metrics.registry).decode()
+    rows = [line.split() for line in text.splitlines() if line.startswith("pycodegen_draft")]
+    counts = {name: float(value) for name, value in rows}
+    assert counts["pycodegen_draft_tokens_drafted_total"] == engine.stats["drafted"] > 0
+    assert counts["pycodegen_draft_tokens_accepted_total"] == engine.stats["accepted"] > 0
