@@ -75,26 +75,27 @@ def test_greedy_tokens_are_those_of_step_by_step_decoding_in_fewer_passes(engine
 def test_stops_and_max_new_tokens_end_a_choice_in_the_middle_of_a_draft(engine: Engine) -> None:
     prompt = PROMPTS[3]
     full, _ = decode(engine, 0, prompt, DecodeParams(max_new_tokens=40))
-    ended_mid_pass = 0
+    stopped_in_draft = ended_in_multi_token_pass = 0
     pieces = [engine.tokenizer.decode([t]) for t in full.token_ids]
-    for cut in range(2, min(len(pieces) - 1, 16)):  # enough cuts to end some passes mid-way
-        stop = pieces[cut]
-        if not stop.strip() or "".join(pieces[:cut]).find(stop) >= 0:
-            continue  # a stop that first appears at this token
-        for params in (DecodeParams(max_new_tokens=40, stop=[stop]), DecodeParams(max_new_tokens=cut)):
-            expected, plain_events = decode(engine, 0, prompt, params)
-            done, events = decode(engine, DRAFT, prompt, params)
-            assert (done.text, done.token_ids, done.finish_reason) == (
-                expected.text,
-                expected.token_ids,
-                expected.finish_reason,
-            )
-            # the same events: one per token, the same text streamed, nothing after the end
-            assert [(e.text, e.token_ids, e.finish_reason) for _, e in events] == [
-                (e.text, e.token_ids, e.finish_reason) for _, e in plain_events
-            ]
-            ended_mid_pass += events[-1][0] == events[-2][0]  # the last two tokens came from one pass
-    assert ended_mid_pass >= 2
+    stops = [DecodeParams(max_new_tokens=40, stop=[p]) for p in dict.fromkeys(pieces[1:]) if p.strip()]
+    for params in [*stops, *(DecodeParams(max_new_tokens=cut) for cut in range(2, 8))]:
+        expected, plain_events = decode(engine, 0, prompt, params)
+        before = counted(engine)
+        done, events = decode(engine, DRAFT, prompt, params)
+        passes, accepted = (engine.stats[k] - before[k] for k in ("steps", "accepted"))
+        assert (done.text, done.token_ids, done.finish_reason) == (
+            expected.text,
+            expected.token_ids,
+            expected.finish_reason,
+        )
+        # the same events: one per token, the same text streamed, nothing after the end
+        assert [(e.text, e.token_ids, e.finish_reason) for _, e in events] == [
+            (e.text, e.token_ids, e.finish_reason) for _, e in plain_events
+        ]
+        # fewer tokens than the prefill's, the accepted drafts and one per pass: a draft was cut short
+        stopped_in_draft += len(events) < 1 + accepted + passes
+        ended_in_multi_token_pass += len(events) > 1 and events[-1][0] == events[-2][0]  # from one pass
+    assert stopped_in_draft >= 1 and ended_in_multi_token_pass >= 2
 
 
 def test_logprobs_are_those_of_step_by_step_decoding(engine: Engine) -> None:
@@ -140,13 +141,19 @@ def test_a_request_joining_a_speculating_row_and_a_cancelled_one(engine: Engine)
 
 
 def test_sampled_and_batched_rows_do_not_speculate(tiny: Path) -> None:  # noqa: F811
-    engine = Engine.load(str(tiny), dtype="fp32", prompt_lookup=DRAFT)
+    engine = Engine.load(str(tiny), dtype="fp32", prompt_lookup=0)
+    greedy = DecodeParams(max_new_tokens=16)
     sampled = DecodeParams(max_new_tokens=16, temperature=1.0, seed=3)
-    engine.generate([PROMPTS[3]], sampled)
-    engine.generate(PROMPTS[3:], DecodeParams(max_new_tokens=16))
+    expected = [texts(engine, [PROMPTS[3]], sampled), texts(engine, PROMPTS[3:], greedy)]
+    engine.prompt_lookup = DRAFT
+    assert [texts(engine, [PROMPTS[3]], sampled), texts(engine, PROMPTS[3:], greedy)] == expected
     assert engine.stats["drafted"] == 0
-    engine.generate(PROMPTS[3:4], DecodeParams(max_new_tokens=16))
+    engine.generate(PROMPTS[3:4], greedy)
     assert engine.stats["drafted"] > 0
+
+
+def texts(engine: Engine, prompts: list[str], params: DecodeParams) -> list[tuple[str, str]]:
+    return [(c[0].text, c[0].finish_reason) for c in engine.generate(prompts, params)]
 
 
 def test_draft_counts_in_the_servers_metrics(tiny: Path) -> None:  # noqa: F811

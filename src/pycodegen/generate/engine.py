@@ -407,6 +407,7 @@ class _Choice:
     sent: int = 0  # characters of `text` already delivered
     last: int = 0  # the token to feed next step
     finish: str | None = None
+    draft_size: int = 2  # prompt lookup: draft tokens to propose next (grows while drafts are accepted)
 
 
 class Stream:
@@ -830,7 +831,7 @@ class Engine:
         stream = choice.stream
         # A draft token is only worth verifying if its choice can still take it and one more token (the
         # model's own after the draft), and no position may pass the model's context.
-        room = min(self.prompt_lookup, stream.params.max_new_tokens - len(choice.ids) - 1)
+        room = min(self.prompt_lookup, choice.draft_size, stream.params.max_new_tokens - len(choice.ids) - 1)
         if backend.max_len is not None:
             room = min(room, backend.max_len - stream.prompt_tokens - len(choice.ids) - 1)
         if room <= 0:
@@ -852,6 +853,10 @@ class Engine:
             accepted += 1
         self.stats["drafted"] += len(draft)
         self.stats["accepted"] += accepted
+        # Each draft token costs a row of the verification pass whether or not it is accepted, so the draft
+        # grows while drafts are accepted whole and shrinks when one is rejected (transformers' schedule
+        # for assistant models).
+        choice.draft_size = max(1, choice.draft_size + 2 if accepted == len(draft) else choice.draft_size - 1)
         logp = torch.log_softmax(logits, -1) if choice.stream.params.logprobs is not None else None
         for i in range(accepted + 1):  # the accepted drafts, then the model's own next token
             self._take(choice, greedy[i], None if logp is None else logp[i])
