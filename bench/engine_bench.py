@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--prompt-lookup",
         type=int,
-        default=PROMPT_LOOKUP or 2,
+        default=PROMPT_LOOKUP or 2,  # the engine default, else 2
         help="most draft tokens of prompt lookup, for the engine and for generate()",
     )
     args = parser.parse_args()

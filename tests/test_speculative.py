@@ -169,3 +169,10 @@ def test_draft_counts_in_the_servers_metrics(tiny: Path) -> None:  # noqa: F811
     counts = {name: float(value) for name, value in rows}
     assert counts["pycodegen_draft_tokens_drafted_total"] == engine.stats["drafted"] > 0
     assert counts["pycodegen_draft_tokens_accepted_total"] == engine.stats["accepted"] > 0
+
+
+def test_the_configs_default_is_the_engines() -> None:
+    from pycodegen.config import GenerateConfig, ServeConfig
+    from pycodegen.generate.engine import PROMPT_LOOKUP
+
+    assert GenerateConfig().prompt_lookup == ServeConfig().prompt_lookup == PROMPT_LOOKUP > 0

@@ -222,7 +222,7 @@ class EngineOptions(StrictModel):
         None, ge=1, description="CPU threads for decoding; default: torch's (one per core)."
     )
     prompt_lookup: int = Field(
-        0,
+        2,
         ge=0,
         le=64,
         description="Prompt-lookup speculative decoding: the most tokens a lone greedy request drafts from "
