@@ -171,8 +171,11 @@ def test_draft_counts_in_the_servers_metrics(tiny: Path) -> None:  # noqa: F811
     assert counts["pycodegen_draft_tokens_accepted_total"] == engine.stats["accepted"] > 0
 
 
-def test_the_configs_default_is_the_engines() -> None:
+def test_on_by_default_except_for_int8(tiny: Path) -> None:  # noqa: F811
     from pycodegen.config import GenerateConfig, ServeConfig
     from pycodegen.generate.engine import PROMPT_LOOKUP
 
-    assert GenerateConfig().prompt_lookup == ServeConfig().prompt_lookup == PROMPT_LOOKUP > 0
+    assert GenerateConfig().prompt_lookup is None and ServeConfig().prompt_lookup is None  # the engine's
+    assert Engine.load(str(tiny), dtype="fp32").prompt_lookup == PROMPT_LOOKUP > 0
+    assert Engine.load(str(tiny), dtype="int8").prompt_lookup == 0
+    assert Engine.load(str(tiny), dtype="int8", prompt_lookup=3).prompt_lookup == 3

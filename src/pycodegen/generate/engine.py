@@ -51,6 +51,8 @@ DTYPES = ("auto", "fp32", "bf16", "int8")
 # prompts of the benches identical at 0, 2 and 8 draft tokens, fp32) and cost no request more CPU than
 # without in bench runs; 2 draft tokens at most did better than 4 or 8, since a verification row costs
 # about a fifth of a step here (1 thread, fp32) whether or not its draft is accepted. (see Engine._draft)
+# Not for int8: dynamic quantization gives all rows of a pass one activation scale, so verifying a draft
+# changes the row's arithmetic and its greedy text (16 of 16 bench prompts differed): off unless asked.
 PROMPT_LOOKUP = 2
 
 
@@ -531,16 +533,19 @@ class Engine:
         dtype: str = "auto",
         max_batch: int = 8,
         threads: int | None = None,
-        prompt_lookup: int = PROMPT_LOOKUP,
+        prompt_lookup: int | None = None,
     ) -> Engine:
         """An engine over any model reference (see the module docstring); loads offline. `prompt_lookup`:
-        the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`)."""
+        the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
+        default PROMPT_LOOKUP, 0 for int8."""
         from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, resolve_model
 
         if threads:
             torch.set_num_threads(threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         concrete = pick_dtype(dtype, device)
+        if prompt_lookup is None:
+            prompt_lookup = 0 if concrete == "int8" else PROMPT_LOOKUP
         path = Path(ref).expanduser()
         card = checkpoint_card(path) if path.is_dir() else None
         if card is not None and card["family"] != "hf-causal":

@@ -78,7 +78,7 @@ def generate_samples(
     decoded together through the engine (`batch_size` sequences at a time; a finished problem's slot goes
     to the next at once) and each is written whole as soon as it is done. On Ctrl-C, says how many tasks
     the file keeps and that rerunning resumes."""
-    from pycodegen.generate.engine import PROMPT_LOOKUP, Engine, decode_params
+    from pycodegen.generate.engine import Engine, decode_params
 
     # GenerateConfig has dtype, threads and prompt_lookup; EvaluateConfig (evaluate --model) keeps the
     # engine's defaults.
@@ -86,7 +86,7 @@ def generate_samples(
         model_ref,
         dtype=getattr(sampling, "dtype", "auto"),
         threads=getattr(sampling, "threads", None),
-        prompt_lookup=getattr(sampling, "prompt_lookup", PROMPT_LOOKUP),
+        prompt_lookup=getattr(sampling, "prompt_lookup", None),
     )
     engine.max_batch = sampling.batch_size
     mode = engine.prompt_mode(sampling.prompt_mode)
