@@ -11,8 +11,10 @@ that joins is prefilled alone (batch 1, logits of the last position only) and it
 concatenated onto the batch's; a row that finishes or is cancelled is dropped from the cache, and columns
 that are padding in every remaining row are trimmed. Each step then feeds every row's last token at
 once. Sampling is per row with the request's own seeded `torch.Generator`, so a seeded request samples
-the same text whatever else is in the batch. The char-RNN runs the same loop over its recurrent state;
-the encoder-decoders (hf-seq2seq, the from-scratch seq2seq) decode a request whole with their beam search.
+the same text whatever else is in the batch. A greedy request decoding alone drafts tokens from its own
+text and verifies them in one pass (prompt lookup, `Engine._draft`): the same tokens, fewer passes. The
+char-RNN runs the same loop over its recurrent state; the encoder-decoders (hf-seq2seq, the from-scratch
+seq2seq) decode a request whole with their beam search.
 
 Why our own loop and not transformers' continuous batching (`generate_batch`, `init_continuous_batching`
 in transformers 5.24): its manager has per-request temperature/top-p and cancellation, but one sampling
@@ -556,7 +558,7 @@ class Engine:
                 family, model, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
             )
         if card is None and path.is_dir() and _is_encoder_decoder(path):
-            return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)  # decodes whole
+            return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)
         model, tokenizer = load_causal_lm(ref)
         model = _to_dtype(model, concrete, device)
         return cls(
