@@ -3,12 +3,16 @@ transformers' own continuous batching (`generate_batch`), measured in one run on
 dtype and threads.
 
     PYTHONPATH=src python bench/engine_bench.py [--model smollm2-135m-instruct] [--tokens 64] [--threads 2]
+        [--prompt-lookup 2]
 
 Prints single-stream decode tokens/s (greedy, a fixed number of new tokens: end-of-sequence ignored), the
 8-request aggregate, the ratios the issue asks for (engine single stream / generate() ≥ 1.5; 8 requests
 aggregate / single stream ≥ 3), the int8 and bf16 variants, and the memory-bandwidth bound (the bytes of
-weights read per token at the measured copy bandwidth). A shared machine makes every figure noisy: the
-ratios are measured seconds apart in the same process, so they suffer less than the absolute rates.
+weights read per token at the measured copy bandwidth). Prompt-lookup speculative decoding (Saxena 2023)
+is measured both ways: the engine's (`--prompt-lookup K` draft tokens at most, with its acceptance rate)
+and plain `generate(..., prompt_lookup_num_tokens=K)`, what a transformers user would pick instead. A
+shared machine makes every figure noisy: the ratios are measured seconds apart in the same process, so
+they suffer less than the absolute rates.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pycodegen.generate.engine import DecodeParams, Engine
+from pycodegen.generate.engine import PROMPT_LOOKUP, DecodeParams, Engine
 
 TASKS = [
     "Write a Python function that checks whether a number is prime.",
@@ -64,19 +68,23 @@ def copy_bandwidth(megabytes: int = 256) -> float:
     return x.numel() * 4 / best
 
 
-def plain_generate(model: Any, tokenizer: Any, prompt: str, tokens: int) -> float:
+def plain_generate(model: Any, tokenizer: Any, prompt: str, tokens: int, lookup: int = 0) -> float:
+    """generate()'s tokens/s; `lookup` > 0: with transformers' prompt lookup (`prompt_lookup_num_tokens`)."""
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    extra = {"prompt_lookup_num_tokens": lookup} if lookup else {}
     with torch.no_grad():
         start = time.perf_counter()
         out = model.generate(
-            **ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0
+            **ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0, **extra
         )
         elapsed = time.perf_counter() - start
     return (out.shape[1] - ids["input_ids"].shape[1]) / elapsed
 
 
-def engine_rate(engine: Engine, prompts: list[str], tokens: int) -> float:
-    """Aggregate generated tokens/s of `prompts` decoded together (one prompt: single stream)."""
+def engine_rate(engine: Engine, prompts: list[str], tokens: int, lookup: int = 0) -> float:
+    """Aggregate generated tokens/s of `prompts` decoded together (one prompt: single stream), with
+    `lookup` prompt-lookup draft tokens at most (0 = step by step)."""
+    engine.prompt_lookup = lookup
     params = DecodeParams(max_new_tokens=tokens, ignore_eos=True)
     start = time.perf_counter()
     done = engine.generate(prompts, params)
@@ -107,6 +115,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
     parser.add_argument("--skip-library", action="store_true", help="skip transformers' generate_batch")
+    parser.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=PROMPT_LOOKUP or 2,  # the engine default, else 2
+        help="most draft tokens of prompt lookup, for the engine and for generate()",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -121,12 +135,19 @@ def main() -> None:
     plain_generate(model, tokenizer, prompts[0], 4)
     print(f"model {args.model}, {n} new tokens per request, {args.threads} threads, fp32 unless said")
     # Alternated, best of `repeats` each: a burst of load from elsewhere hits both sides alike.
-    runs: dict[str, list[float]] = {"generate": [], "single": [], "eight": []}
+    k = args.prompt_lookup
+    runs: dict[str, list[float]] = {"generate": [], "single": [], "eight": [], "lookup": [], "gen_lookup": []}
     for _ in range(args.repeats):
         runs["generate"].append(plain_generate(model, tokenizer, prompts[0], n))
         runs["single"].append(engine_rate(engine, prompts[:1], n))
         runs["eight"].append(engine_rate(engine, prompts, n))
-    base, single, eight = (max(runs[k]) for k in ("generate", "single", "eight"))
+        before = dict(engine.stats)
+        runs["lookup"].append(engine_rate(engine, prompts[:1], n, lookup=k))
+        drafted, accepted, passes = (engine.stats[s] - before[s] for s in ("drafted", "accepted", "steps"))
+        runs["gen_lookup"].append(plain_generate(model, tokenizer, prompts[0], n, lookup=k))
+    base, single, eight, lookup, gen_lookup = (
+        max(runs[r]) for r in ("generate", "single", "eight", "lookup", "gen_lookup")
+    )
     print(f"plain generate()             {base:7.1f} tok/s")
     print(
         f"engine single stream         {single:7.1f} tok/s   {single / base:.2f}x generate()  (target 1.5x)"
@@ -134,6 +155,21 @@ def main() -> None:
     print(
         f"engine 8 requests, aggregate {eight:7.1f} tok/s   {eight / single:.2f}x single stream (target 3x)"
     )
+    print(
+        f"engine single stream, prompt lookup {k}  {lookup:7.1f} tok/s   {lookup / base:.2f}x generate(), "
+        f"{lookup / single:.2f}x engine without; {accepted} of {drafted} drafts accepted "
+        f"({accepted / max(drafted, 1):.0%}), {passes} passes for {n - 1} tokens after the first"
+    )
+    print(
+        f"generate(prompt_lookup_num_tokens={k})    {gen_lookup:7.1f} tok/s   {gen_lookup / base:.2f}x "
+        f"generate(); the engine's is {lookup / gen_lookup:.2f}x it"
+    )
+    engine.prompt_lookup = 0
+    plain_text = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids
+    engine.prompt_lookup = k
+    same = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids == plain_text
+    engine.prompt_lookup = 0
+    print(f"prompt-lookup greedy tokens equal step-by-step's: {same}")
 
     bandwidth = copy_bandwidth()
     fp32_bytes = weight_bytes(model)
@@ -152,11 +188,16 @@ def main() -> None:
     engine_rate(int8, prompts[:1], 4)
     q_single = best(lambda: engine_rate(int8, prompts[:1], n))
     q_eight = best(lambda: engine_rate(int8, prompts, n))
+    q_lookup = best(lambda: engine_rate(int8, prompts[:1], n, lookup=k))
     q_bytes = weight_bytes(int8.model)
     print(
         f"engine int8 single stream       {q_single:7.1f} tok/s   {q_single / base:.2f}x generate() fp32; "
         f"8 requests {q_eight:.1f} tok/s ({q_eight / q_single:.2f}x); {q_bytes / 1e6:.0f} MB per token, "
         f"bound {bandwidth / q_bytes:.1f} tok/s"
+    )
+    print(
+        f"engine int8 single stream, prompt lookup {k} {q_lookup:7.1f} tok/s   {q_lookup / base:.2f}x "
+        f"generate() fp32, {q_lookup / q_single:.2f}x int8 without"
     )
     same = int8.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].text
     ref = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].text

@@ -230,6 +230,14 @@ class EngineOptions(StrictModel):
     threads: int | None = Field(
         None, ge=1, description="CPU threads for decoding; default: torch's (one per core)."
     )
+    prompt_lookup: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Prompt-lookup speculative decoding: the most tokens a lone greedy request drafts from "
+        "its own text and verifies in one forward pass (same text, fewer weight reads); 0 = off; "
+        "default 2, 0 with --dtype int8 (whose text it would change).",
+    )
 
 
 class GenerateConfig(SamplingConfig, ProblemSet, EngineOptions):

@@ -11,8 +11,10 @@ that joins is prefilled alone (batch 1, logits of the last position only) and it
 concatenated onto the batch's; a row that finishes or is cancelled is dropped from the cache, and columns
 that are padding in every remaining row are trimmed. Each step then feeds every row's last token at
 once. Sampling is per row with the request's own seeded `torch.Generator`, so a seeded request samples
-the same text whatever else is in the batch. The char-RNN runs the same loop over its recurrent state;
-the encoder-decoders (hf-seq2seq, the from-scratch seq2seq) decode a request whole with their beam search.
+the same text whatever else is in the batch. A greedy request decoding alone drafts tokens from its own
+text and verifies them in one pass (prompt lookup, `Engine._draft`): the same tokens, fewer passes. The
+char-RNN runs the same loop over its recurrent state; the encoder-decoders (hf-seq2seq, the from-scratch
+seq2seq) decode a request whole with their beam search.
 
 Why our own loop and not transformers' continuous batching (`generate_batch`, `init_continuous_batching`
 in transformers 5.24): its manager has per-request temperature/top-p and cancellation, but one sampling
@@ -47,6 +49,13 @@ from pycodegen.errors import PycodegenError
 from pycodegen.generate.postprocess import code_block_end
 
 DTYPES = ("auto", "fp32", "bf16", "int8")
+# Prompt lookup is on by default: it gives the greedy tokens step-by-step decoding gives (16 of 16
+# prompts of the benches identical at 0, 2 and 8 draft tokens, fp32) and cost no request more CPU than
+# without in bench runs; 2 draft tokens at most did better than 4 or 8, since a verification row costs
+# about a fifth of a step here (1 thread, fp32) whether or not its draft is accepted. (see Engine._draft)
+# Not for int8: dynamic quantization gives all rows of a pass one activation scale, so verifying a draft
+# changes the row's arithmetic and its greedy text (16 of 16 bench prompts differed): off unless asked.
+PROMPT_LOOKUP = 2
 
 
 class EngineError(PycodegenError):
@@ -170,6 +179,18 @@ class StepBackend:
         """One state holding the rows of `state` then those of `other`."""
         raise NotImplementedError
 
+    # Speculative decoding (prompt lookup): a backend that can feed several tokens per row in one forward
+    # pass and take the last ones back. A recurrent state cannot be taken back, so only KV caches can.
+    speculative: bool = False
+
+    def extend(self, state: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Feed T tokens per row (B, T) at once; the logits after each (B, T, V) and the new state."""
+        raise NotImplementedError
+
+    def crop(self, state: Any, count: int) -> Any:
+        """The state without the last `count` tokens fed to every row (rejected draft tokens)."""
+        raise NotImplementedError
+
 
 @dataclass
 class _KV:
@@ -211,16 +232,19 @@ class CausalBackend(StepBackend):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _forward(self, ids: torch.Tensor, kv: _KV, positions: torch.Tensor) -> torch.Tensor:
+    speculative = True
+
+    def _forward(self, ids: torch.Tensor, kv: _KV, positions: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """The logits (B, keep, V) of the last `keep` positions of `ids` (B, T), appended to the cache."""
         out = self.model(
             input_ids=ids,
             attention_mask=kv.mask,
             position_ids=positions,
             cache=kv.cache,
             use_cache=True,
-            logits_to_keep=1,  # the prompt's other positions' logits are never needed
+            logits_to_keep=keep,  # a prompt's other positions' logits are never needed
         )
-        return out.logits[:, -1].float()  # (B, V)
+        return out.logits[:, -keep:].float()  # (B, keep, V)
 
     def prefill(self, ids: list[int]) -> tuple[torch.Tensor, _KV]:
         from transformers import DynamicCache
@@ -233,46 +257,68 @@ class CausalBackend(StepBackend):
             torch.tensor([len(ids)], device=self.device),
         )
         logits = self._forward(tokens, kv, torch.arange(len(ids), device=self.device)[None])
-        return logits, kv
+        return logits[:, -1], kv
 
     def step(self, state: _KV, tokens: torch.Tensor) -> tuple[torch.Tensor, _KV]:
-        state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)  # (B, L+1)
-        ids = tokens[:, None].to(self.device)  # (B, 1)
+        logits, state = self.extend(state, tokens[:, None])
+        return logits[:, -1], state
+
+    def extend(self, state: _KV, tokens: torch.Tensor) -> tuple[torch.Tensor, _KV]:
+        count = tokens.shape[1]
+        state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], count)], dim=1)
+        ids = tokens.to(self.device)  # (B, T)
+        positions = state.lengths[:, None] + torch.arange(count, device=self.device)  # (B, T)
         if self.lean:
-            logits = self._llama_step(ids, state, state.lengths[:, None])
+            logits = self._llama_step(ids, state, positions)
         else:
-            logits = self._forward(ids, state, state.lengths[:, None])
-        state.lengths = state.lengths + 1
+            logits = self._forward(ids, state, positions, keep=count)
+        state.lengths = state.lengths + count
         return logits, state
 
+    def crop(self, state: _KV, count: int) -> _KV:
+        # Sliced like `select` does rather than through DynamicCache.crop, whose argument changed meaning
+        # across transformers releases (an absolute length, now a negative count).
+        if count > 0:
+            for layer in state.cache.layers:
+                layer.keys = layer.keys[:, :, :-count]
+                layer.values = layer.values[:, :, :-count]
+            state.mask, state.lengths = state.mask[:, :-count], state.lengths - count
+        return state
+
     def _llama_step(self, ids: torch.Tensor, kv: _KV, positions: torch.Tensor) -> torch.Tensor:
-        """One decode step of a Llama-architecture model through its own modules, without transformers'
-        per-call machinery (mask building, kwargs plumbing, output objects): the same arithmetic as its
-        forward with SDPA attention, a fifth of the per-step Python cost (bench/engine_bench.py)."""
+        """T new tokens per row (B, T) of a Llama-architecture model through its own modules, without
+        transformers' per-call machinery (mask building, kwargs plumbing, output objects): the same
+        arithmetic as its forward with SDPA attention, a fifth of the per-step Python cost
+        (bench/engine_bench.py). T is 1 for a decode step, 1 + the drafts for a speculative one; the
+        logits of every new position (B, T, V)."""
         import torch.nn.functional as F
 
         decoder = self.model.model
-        x = decoder.embed_tokens(ids)  # (B, 1, C)
-        cos, sin = decoder.rotary_emb(x, positions)  # (B, 1, D)
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, 1, D): broadcast over heads
+        batch, count = ids.shape
+        x = decoder.embed_tokens(ids)  # (B, T, C)
+        cos, sin = decoder.rotary_emb(x, positions)  # (B, T, D)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): broadcast over heads
         keep = kv.mask.bool()[:, None, None, :]  # (B, 1, 1, L): a row never attends its padding
-        batch = ids.shape[0]
+        if count > 1:  # and a new token never attends the new tokens after it
+            width = kv.mask.shape[1]
+            causal = torch.ones(count, width, dtype=torch.bool, device=ids.device).tril(width - count)
+            keep = keep & causal  # (B, 1, T, L)
         for layer, cached in zip(decoder.layers, kv.cache.layers, strict=True):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)  # (B, H, 1, D)
-            k = attn.k_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, 1, D)
-            v = attn.v_proj(h).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+            q = attn.q_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = attn.k_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = attn.v_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cached.keys = torch.cat([cached.keys, k], dim=2)  # (B, Hkv, L, D)
             cached.values = torch.cat([cached.values, v], dim=2)
             y = F.scaled_dot_product_attention(
                 q, cached.keys, cached.values, attn_mask=keep, scale=attn.scaling, enable_gqa=True
-            )  # (B, H, 1, D)
-            x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, 1, -1))
+            )  # (B, H, T, D)
+            x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, count, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.model.lm_head(decoder.norm(x)[:, -1]).float()  # (B, V)
+        return self.model.lm_head(decoder.norm(x)).float()  # (B, T, V)
 
     def select(self, state: _KV, rows: list[int]) -> _KV:
         index = torch.tensor(rows, device=self.device)
@@ -369,6 +415,7 @@ class _Choice:
     sent: int = 0  # characters of `text` already delivered
     last: int = 0  # the token to feed next step
     finish: str | None = None
+    draft_size: int = 2  # prompt lookup: draft tokens to propose next (grows while drafts are accepted)
 
 
 class Stream:
@@ -449,6 +496,7 @@ class Engine:
         family: str = "hf-causal",
         card: dict[str, Any] | None = None,
         max_batch: int = 8,
+        prompt_lookup: int = PROMPT_LOOKUP,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -458,7 +506,17 @@ class Engine:
         self.card = card
         self.fim: dict[str, Any] | None = (card or {}).get("fim")
         self.max_batch = max_batch
-        self.stats: dict[str, int] = {"running": 0, "waiting": 0, "steps": 0, "tokens_generated": 0}
+        self.prompt_lookup = prompt_lookup  # most draft tokens per speculative step; 0 = off
+        # steps: forward passes of the running batch; drafted / accepted: prompt-lookup draft tokens
+        # proposed and found equal to the model's own choice.
+        self.stats: dict[str, int] = {
+            "running": 0,
+            "waiting": 0,
+            "steps": 0,
+            "tokens_generated": 0,
+            "drafted": 0,
+            "accepted": 0,
+        }
         self._waiting: list[Stream] = []
         self._choices: list[_Choice] = []  # the running rows, in batch order
         self._state: Any = None
@@ -470,21 +528,35 @@ class Engine:
 
     # -- loading ------------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, ref: str, *, dtype: str = "auto", max_batch: int = 8, threads: int | None = None) -> Engine:
-        """An engine over any model reference (see the module docstring); loads offline."""
+    def load(
+        cls,
+        ref: str,
+        *,
+        dtype: str = "auto",
+        max_batch: int = 8,
+        threads: int | None = None,
+        prompt_lookup: int | None = None,
+    ) -> Engine:
+        """An engine over any model reference (see the module docstring); loads offline. `prompt_lookup`:
+        the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
+        default PROMPT_LOOKUP, 0 for int8."""
         from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, resolve_model
 
         if threads:
             torch.set_num_threads(threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         concrete = pick_dtype(dtype, device)
+        if prompt_lookup is None:
+            prompt_lookup = 0 if concrete == "int8" else PROMPT_LOOKUP
         path = Path(ref).expanduser()
         card = checkpoint_card(path) if path.is_dir() else None
         if card is not None and card["family"] != "hf-causal":
             from pycodegen.models.checkpoint import load_checkpoint
 
             family, model = load_checkpoint(path)
-            return cls.for_family(family, model, name=ref, card=card, max_batch=max_batch)
+            return cls.for_family(
+                family, model, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
+            )
         if card is None and path.is_dir() and _is_encoder_decoder(path):
             return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)
         model, tokenizer = load_causal_lm(ref)
@@ -496,12 +568,28 @@ class Engine:
             model=model,
             card=card,
             max_batch=max_batch,
+            prompt_lookup=prompt_lookup,
         )
 
     @classmethod
-    def for_model(cls, model: Any, tokenizer: Any, *, name: str = "model", max_batch: int = 8) -> Engine:
+    def for_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "model",
+        max_batch: int = 8,
+        prompt_lookup: int = PROMPT_LOOKUP,
+    ) -> Engine:
         """An engine over an HF causal model already in memory (a training run's model, a test's)."""
-        return cls(CausalBackend(model, tokenizer), tokenizer, name=name, model=model, max_batch=max_batch)
+        return cls(
+            CausalBackend(model, tokenizer),
+            tokenizer,
+            name=name,
+            model=model,
+            max_batch=max_batch,
+            prompt_lookup=prompt_lookup,
+        )
 
     @classmethod
     def for_family(
@@ -512,6 +600,7 @@ class Engine:
         name: str = "model",
         card: dict[str, Any] | None = None,
         max_batch: int = 8,
+        prompt_lookup: int = PROMPT_LOOKUP,
     ) -> Engine:
         """An engine over a pycodegen family's model (a loaded checkpoint, or the model being trained)."""
         kind = family.name
@@ -531,7 +620,16 @@ class Engine:
             )
         else:
             raise EngineError(f"{name} is a {kind} model: it does not generate text")
-        return cls(backend, tokenizer, name=name, model=model, family=kind, card=card, max_batch=max_batch)
+        return cls(
+            backend,
+            tokenizer,
+            name=name,
+            model=model,
+            family=kind,
+            card=card,
+            max_batch=max_batch,
+            prompt_lookup=prompt_lookup,
+        )
 
     @classmethod
     def _hf_seq2seq(cls, ref: str, directory: Path, max_batch: int) -> Engine:
@@ -699,22 +797,84 @@ class Engine:
                 return admitted
             backend = self.backend
             assert isinstance(backend, StepBackend)
-            tokens = torch.tensor([c.last for c in self._choices])
+            draft = self._draft()
             try:
-                logits, self._state = backend.step(self._state, tokens)
+                if draft:
+                    self._speculate(draft)
+                else:
+                    tokens = torch.tensor([c.last for c in self._choices])
+                    logits, self._state = backend.step(self._state, tokens)
+                    self._advance(logits, self._choices)
             except (
                 Exception
             ) as exc:  # the batch's state is lost: its requests end with "error", the engine lives
                 for choice in self._choices:
-                    choice.text = f"{type(exc).__name__}: {exc}"
-                    self._end(choice, "error")
+                    if choice.finish is None:
+                        choice.text = f"{type(exc).__name__}: {exc}"
+                        self._end(choice, "error")
                 self._choices, self._state = [], None
                 self.stats["running"] = 0
                 return True
-            self._advance(logits, self._choices)
             self.stats["steps"] += 1
             self._drop_finished()
             return True
+
+    # -- prompt-lookup speculative decoding ---------------------------------------------------------------
+    # Decoding one row is bound by reading the weights once per token (README "Measured · Engine"), and
+    # verifying K+1 tokens in one forward pass reads them once too. A lone greedy row drafts the tokens
+    # that followed the last earlier occurrence of its latest n-gram (Saxena 2023, "prompt lookup
+    # decoding"; transformers' `prompt_lookup_num_tokens`, llama.cpp's lookup decoding), verifies its last
+    # token and the draft in one pass, and keeps the drafts equal to the model's own argmax plus the
+    # model's token after them: the greedy text step-by-step decoding gives (up to float ties: K+1 rows
+    # through a matmul may round differently from one), in fewer weight reads. Only one greedy row:
+    # batched rows already share each weight read, and rows accepting different counts would leave holes
+    # in the shared left-padded cache; sampled rows would need rejection sampling to keep their
+    # distribution and their seeded text.
+    def _draft(self) -> list[int]:
+        """The draft tokens for this step (empty: a plain step)."""
+        if self.prompt_lookup <= 0 or len(self._choices) != 1:
+            return []
+        backend = self.backend
+        assert isinstance(backend, StepBackend)
+        choice = self._choices[0]
+        if choice.generator is not None or not backend.speculative:
+            return []
+        stream = choice.stream
+        # A draft token is only worth verifying if its choice can still take it and one more token (the
+        # model's own after the draft), and no position may pass the model's context.
+        room = min(self.prompt_lookup, choice.draft_size, stream.params.max_new_tokens - len(choice.ids) - 1)
+        if backend.max_len is not None:
+            room = min(room, backend.max_len - stream.prompt_tokens - len(choice.ids) - 1)
+        if room <= 0:
+            return []
+        return lookup_draft([*stream.prompt_ids, *choice.ids], room)
+
+    def _speculate(self, draft: list[int]) -> None:
+        """Verify the one running row's last token + `draft` in one forward pass and deliver the tokens
+        greedy decoding would have chosen, one by one (stops and limits apply mid-draft)."""
+        backend = self.backend
+        assert isinstance(backend, StepBackend)
+        choice = self._choices[0]
+        tokens = torch.tensor([[choice.last, *draft]])  # (1, 1 + K)
+        logits, self._state = backend.extend(self._state, tokens)
+        logits = logits[0]  # (1 + K, V): position i predicts the token after draft[:i]
+        greedy = logits.argmax(-1).tolist()
+        accepted = 0
+        while accepted < len(draft) and draft[accepted] == greedy[accepted]:
+            accepted += 1
+        self.stats["drafted"] += len(draft)
+        self.stats["accepted"] += accepted
+        # Each draft token costs a row of the verification pass whether or not it is accepted, so the draft
+        # grows while drafts are accepted whole and shrinks when one is rejected (transformers' schedule
+        # for assistant models).
+        choice.draft_size = max(1, choice.draft_size + 2 if accepted == len(draft) else choice.draft_size - 1)
+        logp = torch.log_softmax(logits, -1) if choice.stream.params.logprobs is not None else None
+        for i in range(accepted + 1):  # the accepted drafts, then the model's own next token
+            self._take(choice, greedy[i], None if logp is None else logp[i])
+            if choice.finish is not None:
+                return  # the row is dropped with its state
+        # Drafts after the first rejected one were fed but are not the row's text: take them back.
+        self._state = backend.crop(self._state, len(draft) - accepted)
 
     def _drop_cancelled(self) -> None:
         with self._lock:
@@ -799,12 +959,15 @@ class Engine:
         for row, choice in enumerate(choices):
             p = choice.stream.params
             token = greedy[row] if choice.generator is None else _sample(logits[row], p, choice.generator)
-            choice.last = token
-            entry = None
-            if logp is not None and p.logprobs is not None:
-                entry = self._logprob_entry(logp[row], token, p.logprobs)
-            self.stats["tokens_generated"] += 1
-            self._deliver(choice, token, entry)
+            self._take(choice, token, None if logp is None else logp[row])
+
+    def _take(self, choice: _Choice, token: int, logp: torch.Tensor | None) -> None:
+        """Record a row's chosen token (with its log-probabilities (V,) when asked) and deliver it."""
+        choice.last = token
+        k = choice.stream.params.logprobs
+        entry = self._logprob_entry(logp, token, k) if logp is not None and k is not None else None
+        self.stats["tokens_generated"] += 1
+        self._deliver(choice, token, entry)
 
     def _logprob_entry(self, logp: torch.Tensor, token: int, k: int) -> dict[str, Any]:
         backend = self.backend
@@ -900,6 +1063,25 @@ def _sample(logits: torch.Tensor, p: DecodeParams, generator: torch.Generator) -
         x = x.index_put((order[outside],), torch.tensor(float("-inf")))
     probs = torch.softmax(x, -1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def lookup_draft(history: list[int], size: int, ngram: int = 3) -> list[int]:
+    """Up to `size` tokens that followed the most recent earlier occurrence of the last n-gram of
+    `history` (n = `ngram`, then shorter; prompt lookup decoding). The most recent occurrence, not the
+    first as transformers' `PromptLookupCandidateGenerator` takes: code repeats what it just wrote.
+
+    >>> lookup_draft([1, 2, 3, 9, 1, 2, 3], 2)
+    [9, 1]
+    >>> lookup_draft([5, 6, 7], 4)
+    []
+    """
+    end = len(history)
+    for n in range(min(ngram, end - 1), 0, -1):
+        tail = history[end - n :]
+        for start in range(end - n - 1, -1, -1):  # an occurrence that ends before the tail does
+            if history[start : start + n] == tail:
+                return history[start + n : start + n + size]
+    return []
 
 
 def _find_stop(text: str, stops: list[str], start: int) -> int | None:

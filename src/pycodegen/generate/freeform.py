@@ -81,7 +81,13 @@ def generate_freeform(
     out = stdout or sys.stdout
     started = time.perf_counter()
     console.print(f"[bold cyan]generate[/] loading {cfg.model}")
-    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.batch_size, threads=cfg.threads)
+    engine = Engine.load(
+        cfg.model,
+        dtype=cfg.dtype,
+        max_batch=cfg.batch_size,
+        threads=cfg.threads,
+        prompt_lookup=cfg.prompt_lookup,
+    )
     mode = engine.prompt_mode(cfg.prompt_mode)
     formatted = [engine.format_prompt(p, mode) for p in prompts]
     loaded = time.perf_counter()

@@ -80,9 +80,13 @@ def generate_samples(
     the file keeps and that rerunning resumes."""
     from pycodegen.generate.engine import Engine, decode_params
 
-    # GenerateConfig has dtype and threads; EvaluateConfig (evaluate --model) keeps the defaults.
+    # GenerateConfig has dtype, threads and prompt_lookup; EvaluateConfig (evaluate --model) keeps the
+    # engine's defaults.
     engine = engine or Engine.load(
-        model_ref, dtype=getattr(sampling, "dtype", "auto"), threads=getattr(sampling, "threads", None)
+        model_ref,
+        dtype=getattr(sampling, "dtype", "auto"),
+        threads=getattr(sampling, "threads", None),
+        prompt_lookup=getattr(sampling, "prompt_lookup", None),
     )
     engine.max_batch = sampling.batch_size
     mode = engine.prompt_mode(sampling.prompt_mode)

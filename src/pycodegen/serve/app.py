@@ -611,7 +611,13 @@ def serve(cfg: ServeConfig, console: Console) -> None:
     api_key = cfg.api_key or os.environ.get("PYCODEGEN_API_KEY") or None
     started = time.perf_counter()
     console.print(f"[bold cyan]serve[/] loading {cfg.model}")
-    engine = Engine.load(cfg.model, dtype=cfg.dtype, max_batch=cfg.max_batch, threads=cfg.threads)
+    engine = Engine.load(
+        cfg.model,
+        dtype=cfg.dtype,
+        max_batch=cfg.max_batch,
+        threads=cfg.threads,
+        prompt_lookup=cfg.prompt_lookup,
+    )
     app = create_app(engine, cfg, api_key=api_key)
     fim = "fill-in-the-middle on" if _does_fim(engine) else "no fill-in-the-middle (not trained for it)"
     console.print(

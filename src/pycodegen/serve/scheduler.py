@@ -66,6 +66,24 @@ class ServerMetrics:
         depth.set_function(lambda: scheduler.queued)
         running = Gauge("pycodegen_running_sequences", "Sequences in the running batch.", registry=r)
         running.set_function(lambda: engine.stats.get("running", 0))
+        r.register(_SpeculationCounters(engine))
+
+
+class _SpeculationCounters:
+    """Prompt-lookup draft tokens proposed and accepted, read from the engine's own counts at scrape time
+    (the engine counts them in its decoding thread; a Counter would need a hook there)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        for key, text in (
+            ("drafted", "Prompt-lookup draft tokens verified."),
+            ("accepted", "Prompt-lookup draft tokens that were the model's own choice."),
+        ):
+            yield CounterMetricFamily(f"pycodegen_draft_tokens_{key}", text, value=self.engine.stats[key])
 
 
 class QueueFull(RequestError):
