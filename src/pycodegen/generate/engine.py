@@ -561,14 +561,8 @@ class Engine:
             return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)
         model, tokenizer = load_causal_lm(ref)
         model = _to_dtype(model, concrete, device)
-        return cls(
-            CausalBackend(model, tokenizer),
-            tokenizer,
-            name=ref,
-            model=model,
-            card=card,
-            max_batch=max_batch,
-            prompt_lookup=prompt_lookup,
+        return cls.for_model(
+            model, tokenizer, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
         )
 
     @classmethod
@@ -578,15 +572,18 @@ class Engine:
         tokenizer: Any,
         *,
         name: str = "model",
+        card: dict[str, Any] | None = None,
         max_batch: int = 8,
         prompt_lookup: int = PROMPT_LOOKUP,
     ) -> Engine:
-        """An engine over an HF causal model already in memory (a training run's model, a test's)."""
+        """An engine over an HF causal model in memory (a loaded checkpoint, a training run's model, a
+        test's)."""
         return cls(
             CausalBackend(model, tokenizer),
             tokenizer,
             name=name,
             model=model,
+            card=card,
             max_batch=max_batch,
             prompt_lookup=prompt_lookup,
         )
