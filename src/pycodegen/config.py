@@ -155,6 +155,12 @@ class PrepareTask(StrictModel):
     template: Template = Field(
         "hust", description="instruction: HUST template, the model's chat template, or plain."
     )
+    eval_format: bool = Field(
+        False,
+        description="instruction: ask as `evaluate` asks (a HumanEval-format problem: 'Complete the "
+        "following Python function' + its prompt, answered without the docstring; MBPP: the text + its "
+        "tests) and, with --template chat, answer in a fenced code block: train on the form it is scored in.",
+    )
     tokenizer: str | None = Field(None, description="Zoo name or local tokenizer dir (lm-windows, chat).")
     train_tokenizer: bool = Field(False, description="Train a byte-level BPE on the train split.")
     vocab_size: int = Field(8192, ge=300, description="Vocabulary size of the trained BPE.")

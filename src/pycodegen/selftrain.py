@@ -36,7 +36,7 @@ from pycodegen.errors import ConfigError
 from pycodegen.evaluate.programs import job_for
 from pycodegen.evaluate.score import execute, executor_for, verdict_log_for
 from pycodegen.jsonl import read_jsonl, write_json, write_jsonl
-from pycodegen.templates import hust_prompt
+from pycodegen.templates import fenced, hust_prompt
 
 DONE = "done.json"
 
@@ -190,7 +190,7 @@ class SelfTrain:
                 prompt, target = hust_prompt(p.instruction), k["completion"]
             else:  # chat: answer in a fenced block, the form the chat model answers in (and stops after)
                 prompt = format_prompt(tokenizer, p.instruction, "chat")
-                target = f"```python\n{k['completion'].rstrip()}\n```"
+                target = fenced(k["completion"])
             rows.append(
                 {
                     "id": f"{k['task_id']}#{k['sample_index']}",

@@ -15,6 +15,7 @@ from pathlib import Path
 from pycodegen.errors import ConfigError, DataError, unknown_name
 from pycodegen.jsonl import iter_jsonl, read_jsonl
 from pycodegen.pyast import try_parse
+from pycodegen.templates import humaneval_instruction, mbpp_instruction
 from pycodegen.zoo import package_data
 
 # MBPP's standard split by task_id (the paper's Section 2.1).
@@ -140,7 +141,7 @@ def _humaneval_problem(row: dict) -> Problem:
     return Problem(
         task_id=row["task_id"],
         prompt=row["prompt"],
-        instruction="Complete the following Python function:\n```python\n" + row["prompt"] + "```",
+        instruction=humaneval_instruction(row["prompt"]),
         entry_point=row["entry_point"],
         test=row["test"],
         check="check",
@@ -183,7 +184,7 @@ def mbpp_problem(row: dict) -> Problem:
     tests = "\n".join(row["test_list"])
     setup = row.get("test_setup_code") or ""
     code = row["code"].replace("\r\n", "\n")
-    instruction = f"{row['text']}\nYour code should pass these tests:\n\n{tests}"
+    instruction = mbpp_instruction(row["text"], row["test_list"])
     return Problem(
         task_id=f"mbpp/{row['task_id']}",
         prompt=f'"""\n{instruction}\n"""\n',

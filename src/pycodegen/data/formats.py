@@ -39,7 +39,8 @@ def _mbpp(row: dict[str, Any], rid: str) -> PairRecord:
     tid = f"mbpp/{row['task_id']}" if "task_id" in row else rid
     setup = row.get("test_setup_code") or ""
     tests = ([setup] if setup else []) + list(row.get("test_list", []))
-    return PairRecord(tid, row["text"], row["code"], tid, "mbpp", tests, {"task_id": row.get("task_id")})
+    extra = {"task_id": row.get("task_id"), "test_list": list(row.get("test_list", []))}
+    return PairRecord(tid, row["text"], row["code"], tid, "mbpp", tests, extra)
 
 
 def _codesearchnet(row: dict[str, Any], rid: str) -> PairRecord:

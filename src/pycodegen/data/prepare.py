@@ -358,7 +358,7 @@ class Preparer:
         if cfg.task == "problems":
             return [self.mined[it.id] for it in split_items]
         if cfg.task == "instruction":
-            return [instruction_row(it, cfg.template, tokenizer) for it in split_items]
+            return [instruction_row(it, cfg.template, tokenizer, cfg.eval_format) for it in split_items]
         if cfg.task == "char-stream":
             rows = []
             for it in split_items:

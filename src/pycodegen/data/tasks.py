@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass, field
 from typing import Any
 
 from pycodegen.data.records import FileRecord, FunctionRecord, PairRecord
-from pycodegen.templates import hust_prompt
+from pycodegen.templates import fenced, humaneval_instruction, hust_prompt, mbpp_instruction
 
 
 @dataclass
@@ -51,17 +52,60 @@ def docstring_row(item: Item) -> dict[str, Any]:
     }
 
 
-def instruction_row(item: Item, template: str, tokenizer: Any | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": item.id, "instruction": item.text}
+def without_docstring(code: str, name: str) -> str:
+    """`code` with the docstring of its function `name` cut out (the lines it spans), else unchanged.
+
+    >>> without_docstring("def f(x):\\n    'Twice x.'\\n    return 2 * x\\n", "f")
+    'def f(x):\\n    return 2 * x\\n'
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
+            first = node.body[0] if node.body else None
+            if (
+                len(node.body) > 1
+                and isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+                and first.end_lineno is not None
+            ):
+                lines = code.splitlines(keepends=True)
+                return "".join(lines[: first.lineno - 1] + lines[first.end_lineno :])
+    return code
+
+
+def eval_form(item: Item) -> tuple[str, str]:
+    """(instruction, code) as `evaluate` asks a benchmark-format pair: a HumanEval-format problem gets
+    evaluate's wording and is answered without re-writing its docstring; an MBPP problem gets its tests
+    in the instruction. Other pairs are unchanged."""
+    record = item.record
+    if isinstance(record, PairRecord) and record.origin == "humaneval":
+        entry = str(record.extra.get("entry_point", ""))
+        return humaneval_instruction(str(record.extra.get("prompt", item.text))), without_docstring(
+            item.code, entry
+        )
+    if isinstance(record, PairRecord) and record.origin == "mbpp" and record.extra.get("test_list"):
+        return mbpp_instruction(item.text, list(record.extra["test_list"])), item.code
+    return item.text, item.code
+
+
+def instruction_row(
+    item: Item, template: str, tokenizer: Any | None, eval_format: bool = False
+) -> dict[str, Any]:
+    text, code = eval_form(item) if eval_format else (item.text, item.code)
+    row: dict[str, Any] = {"id": item.id, "instruction": text}
     if template == "hust":
-        row["prompt"] = hust_prompt(item.text)
+        row["prompt"] = hust_prompt(text)
     elif template == "chat":
-        messages = [{"role": "user", "content": item.text}]
+        messages = [{"role": "user", "content": text}]
         row["messages"] = messages
         row["prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
-        row["prompt"] = item.text
-    row["target"] = item.code
+        row["prompt"] = text
+    row["target"] = fenced(code) if eval_format and template == "chat" else code
     row["tests"] = item.tests
     return row
 

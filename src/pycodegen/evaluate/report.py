@@ -410,6 +410,22 @@ def _train_columns(train: Path | None) -> dict[str, Any]:
     return columns
 
 
+def _published_column(key: str, columns: list[str]) -> str:
+    """The column a published number belongs in: its own name, or the one column that is that metric
+    on some benchmark ("pass@1" -> "humaneval pass@1"). Where several benchmarks carry the metric the
+    recipe must name one ("humaneval pass@1"): a paper's HumanEval figure never lands under MBPP.
+
+    >>> _published_column("pass@1", ["humaneval pass@1", "steps"])
+    'humaneval pass@1'
+    >>> _published_column("pass@1", ["mbpp pass@1", "humaneval pass@1"])
+    'pass@1'
+    """
+    if key in columns:
+        return key
+    matches = [c for c in columns if c.endswith(f" {key}")]
+    return matches[0] if len(matches) == 1 else key
+
+
 def recipe_report(recipe: Any, rows: list[dict[str, Any]], out: Path) -> str:
     """A recipe's report.md: one table (a row per model, columns per evaluation metric and training
     cost), the published numbers beside it, paired per-problem comparisons of pass@1 against the first
@@ -430,8 +446,13 @@ def recipe_report(recipe: Any, rows: list[dict[str, Any]], out: Path) -> str:
         cells |= _train_columns(Path(row["train"]) if row["train"] else None)
         table[row["name"]] = cells
     columns = list(dict.fromkeys(c for cells in table.values() for c in cells))
-    for numbers in recipe.published.values():  # a published metric ours lack still gets its column
-        columns += [k for k in numbers if not any(c == k or c.endswith(f" {k}") for c in columns)]
+    placed: dict[str, str] = {}  # published key -> the column it is printed in
+    for numbers in recipe.published.values():
+        for key in numbers:
+            if key not in placed:
+                placed[key] = _published_column(key, columns)
+                if placed[key] not in columns:  # a published metric ours lack still gets its column
+                    columns.append(placed[key])
     lines = [f"# {recipe.name}", ""]
     if recipe.description:
         lines += [recipe.description.strip(), ""]
@@ -441,7 +462,9 @@ def recipe_report(recipe: Any, rows: list[dict[str, Any]], out: Path) -> str:
     for name, numbers in recipe.published.items():
         lines.append(
             f"| published: {name} | "
-            + " | ".join(_cell(numbers.get(c, numbers.get(c.split(" ", 1)[-1]))) for c in columns)
+            + " | ".join(
+                _cell(next((v for k, v in numbers.items() if placed[k] == c), None)) for c in columns
+            )
             + " |"
         )
     if recipe.published:
