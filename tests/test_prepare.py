@@ -155,6 +155,72 @@ def test_instruction_view_from_mbpp_uses_hust_template(shared_data: Path, tmp_pa
     assert row["prompt"].endswith(" ### Response:") and row["tests"]
 
 
+def test_eval_format_asks_as_evaluate_asks(tmp_path: Path) -> None:
+    """--eval-format: a HumanEval-format problem is asked in evaluate's words and answered without its
+    docstring; an MBPP row carries its tests; chat answers are fenced (evaluate stops after the block)."""
+    from pycodegen.benchmarks import load_humaneval_file, load_mbpp
+
+    problems = tmp_path / "problems.jsonl"
+    prompt = 'def double(x: int) -> int:\n    """Twice x.\n\n    >>> double(2)\n    4\n    """\n'
+    row = {
+        "task_id": "mine/double",
+        "prompt": prompt,
+        "entry_point": "double",
+        "canonical_solution": "    return 2 * x\n",
+        "test": "def check(candidate):\n    assert candidate(2) == 4\n",
+    }
+    problems.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "sft"
+    prepare(
+        PrepareConfig(
+            source=str(problems),
+            add_source=["builtin:mbpp"],
+            mbpp_splits=["train"],
+            out=out,
+            task="instruction",
+            template="plain",
+            eval_format=True,
+            valid_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
+    rows = {r["id"]: r for r in _all_rows(out)}
+    mine = rows["mine/double"]
+    assert mine["prompt"] == load_humaneval_file(problems)[0].instruction
+    assert mine["target"] == "def double(x: int) -> int:\n    return 2 * x\n"
+    mbpp = load_mbpp("train")[0]
+    assert rows[mbpp.task_id]["prompt"] == mbpp.instruction and "assert " in mbpp.instruction
+    # Without the option the rows are as before: the bare text and the code as written.
+    plain = tmp_path / "plain"
+    prepare(
+        PrepareConfig(
+            source=str(problems),
+            out=plain,
+            task="instruction",
+            template="plain",
+            valid_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
+    assert _all_rows(plain)[0]["target"] == prompt + "    return 2 * x\n"
+    chat = tmp_path / "chat"
+    prepare(
+        PrepareConfig(
+            source=str(problems),
+            out=chat,
+            task="instruction",
+            template="chat",
+            tokenizer="smollm2-135m-instruct",
+            eval_format=True,
+            valid_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
+    answer = _all_rows(chat)[0]
+    assert answer["target"] == "```python\ndef double(x: int) -> int:\n    return 2 * x\n```"
+    assert answer["messages"][0]["content"] == mine["prompt"]
+
+
 def test_docstring_view_from_codealpaca_with_hust_cleaning(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "alpaca"
     m = prepare(
