@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.pycodegen-installed
 
-.PHONY: quickstart test test-slow lint bench install clean
+.PHONY: quickstart test test-slow lint bench install clean zoo-model
 
 $(PY):
 	python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +25,13 @@ install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/pycodegen run recipes/quickstart.yaml --scale $(or $(SCALE),tiny)
+
+# The shipped zoo model smollm2-135m-pycodegen from scratch: mine verified problems, then the recipe
+# (LoRA training, base vs tuned on HumanEval, MBPP test and the mined test split).
+zoo-model: $(STAMP)
+	$(VENV)/bin/pycodegen prepare --source ../shared/data/thealgorithms-python --task problems \
+		--out runs/zoo/problems
+	$(VENV)/bin/pycodegen run recipes/smollm2-pycodegen.yaml --scale $(or $(SCALE),tiny)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -m "not slow" -q

@@ -228,6 +228,38 @@ def test_new_gpt2_learns_with_prompt_masking(functions: Path, tmp_path: Path) ->
     assert reloaded.config.n_layer == 2
 
 
+def test_drop_long_leaves_out_what_cut_would_truncate(functions: Path, tmp_path: Path) -> None:
+    """--drop-long: a row over --max-length is left out (counted) instead of cut; shorter rows are
+    encoded as before, and a limit nothing fits under is a clear error."""
+    from pycodegen.models.hf import HFCausalFamily
+
+    rows = [json.loads(line) for line in (functions / "train.jsonl").read_text().splitlines()]
+    base = dict(family="hf-causal", data=functions, out=tmp_path / "run", model="new:gpt2")
+    base |= dict(max_steps=1, batch_size=2, model_args={"n_layer": 1, "n_embd": 16, "n_head": 2})
+    cut = HFCausalFamily(TrainConfig(**base, max_length=24), {"task": "docstring-to-body"}, functions)
+    cut.setup()
+    lengths = [len((cut.encode(r) or {}).get("input_ids", [])) for r in rows]
+    full = HFCausalFamily(TrainConfig(**base, max_length=4096), {"task": "docstring-to-body"}, functions)
+    full.setup()
+    sizes = [len(full.encode(r)["input_ids"]) for r in rows]
+    limit = sorted(sizes)[len(sizes) // 2]  # about half the rows are longer
+    dropping = HFCausalFamily(
+        TrainConfig(**base, max_length=limit, drop_long=True), {"task": "docstring-to-body"}, functions
+    )
+    dropping.setup()
+    kept = [dropping.encode(r) for r in rows]
+    assert all(lengths) and max(lengths) == 24
+    assert [k is None for k in kept] == [n > limit for n in sizes] and any(k is None for k in kept)
+    assert all(k == full.encode(r) for k, r in zip(kept, rows, strict=True) if k is not None)
+    console_file = tmp_path / "console.txt"
+    with console_file.open("w") as fh:
+        train(TrainConfig(**base, max_length=limit, drop_long=True), Console(file=fh, width=200))
+    dropped = sum(n > limit for n in sizes)
+    assert f"{dropped} training examples longer than {limit} tokens left out" in console_file.read_text()
+    with pytest.raises(ConfigError, match="every training example is longer"):
+        train(TrainConfig(**{**base, "out": tmp_path / "r2"}, max_length=8, drop_long=True), QUIET)
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_linear_cross_entropy_equals_the_plain_loss(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loss and gradients (hidden, weight, bias) as F.cross_entropy gives, with ignored labels, chunked."""

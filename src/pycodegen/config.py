@@ -386,6 +386,11 @@ class ModelSpec(StrictModel):
         "less memory, faster); off = the model's own loss.",
     )
     max_length: int = Field(512, ge=8, description="Tokens per example (longer ones are cut).")
+    drop_long: bool = Field(
+        False,
+        description="hf-causal prompt/target rows longer than --max-length are left out of training "
+        "instead of cut (a cut row loses its answer's end, or all of it); the count is printed.",
+    )
 
 
 class OptimConfig(StrictModel):

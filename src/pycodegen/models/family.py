@@ -62,8 +62,9 @@ class Family:
         """Load the tokenizer/vocabulary and the trained model from a checkpoint directory alone."""
         raise NotImplementedError(f"family {self.name!r} cannot load checkpoints")
 
-    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
-        """One dataset row → `input_ids` and `labels` (-100 where no loss is taken)."""
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]] | None:
+        """One dataset row → `input_ids` and `labels` (-100 where no loss is taken); None = leave the
+        row out (a family that honours `drop_long`, for a row over `max_length`)."""
         raise NotImplementedError
 
     def collate(self, examples: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:

@@ -244,7 +244,7 @@ class HFCausalFamily(HFFamily):
         model_type = getattr(getattr(self.model, "config", None), "model_type", "")
         return LORA_TARGETS.get(model_type, LORA_TARGETS["llama"])
 
-    def encode(self, row: dict[str, Any]) -> dict[str, list[int]]:
+    def encode(self, row: dict[str, Any]) -> dict[str, list[int]] | None:
         if "input_ids" in row:  # lm-windows: every token is a target
             return {"input_ids": row["input_ids"], "labels": row["input_ids"]}
         prompt = self.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
@@ -252,6 +252,8 @@ class HFCausalFamily(HFFamily):
             self.tokenizer.eos_token_id
         ]
         limit = self.cfg.max_length
+        if getattr(self.cfg, "drop_long", False) and len(prompt) + len(target) > limit:
+            return None  # left out by the trainer (drop_long), which counts it
         ids = (prompt + target)[:limit]
         labels = ([-100] * len(prompt) + target)[:limit]  # no loss on the prompt
         return {"input_ids": ids, "labels": labels}

@@ -32,7 +32,7 @@ from rich.console import Console
 
 from pycodegen.config import TrainConfig, parse_budget
 from pycodegen.console import console as default_console
-from pycodegen.console import progress
+from pycodegen.console import plural, progress
 from pycodegen.data.dataset_dir import read_manifest, read_split
 from pycodegen.errors import ConfigError, PycodegenError
 from pycodegen.jsonl import dumps, iter_jsonl, write_json, write_jsonl
@@ -276,7 +276,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.family = get_family(cfg.family)(cfg, read_manifest(cfg.data), Path(cfg.data))
         self.family.setup()
-        self.train_examples = self.family.pack([self.family.encode(r) for r in read_split(cfg.data, "train")])
+        encoded = [self.family.encode(r) for r in read_split(cfg.data, "train")]
+        kept = [e for e in encoded if e is not None]
+        if len(kept) < len(encoded):  # drop_long: rows over max_length are left out, not cut
+            self.console.print(
+                f"[bold cyan]train[/] {plural(len(encoded) - len(kept), 'training example')} longer than "
+                f"{cfg.max_length} tokens left out (--drop-long); {len(kept):,} kept"
+            )
+        if not kept:
+            raise ConfigError(f"every training example is longer than --max-length {cfg.max_length}")
+        self.train_examples = self.family.pack(kept)
 
     def setup(self) -> None:
         """Everything before the first step: accelerator, family, optimizer, scheduler, resumed state."""
@@ -301,7 +310,7 @@ class Trainer:
         model = apply_mode(cfg, self.family, self.family.model)
         self.counts = parameter_counts(model)
         self.valid_rows = read_split(cfg.data, "valid")
-        self.valid_examples = [self.family.encode(r) for r in self.valid_rows]
+        self.valid_examples = [e for e in map(self.family.encode, self.valid_rows) if e is not None]
         if len(self.train_examples) < cfg.batch_size * acc.num_processes:
             raise ConfigError(
                 f"{cfg.data}: {len(self.train_examples)} training examples, fewer than one batch "
