@@ -352,6 +352,23 @@ def test_nazarbayev_smoke_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "dev_bleu" in report and "pass@1" in report
 
 
+def test_zoo_model_recipe_smoke_end_to_end(
+    tmp_path: Path, tiny_embedded: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recipe behind the shipped zoo model: eval-format chat data, LoRA on every projection, base
+    and tuned rows scored on the same problems of each evaluation with paired comparisons."""
+    runner, _ = run_shipped("smollm2-pycodegen", tmp_path, tiny_embedded, monkeypatch)
+    assert "train-tuned" in runner.ran and runner.ran[-1] == "report"
+    out = tmp_path / "smollm2-pycodegen"
+    row = json.loads((out / "data" / "train.jsonl").read_text().splitlines()[0])
+    assert row["target"].startswith("```python\n") and "Your code should pass these tests" in row["prompt"]
+    adapter = json.loads((out / "train-tuned" / "final" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) >= {"q_proj", "down_proj", "gate_proj"}
+    report = (out / "report.md").read_text()
+    assert "| base |" in report and "| tuned |" in report
+    assert "tuned vs base" in report and "humaneval pass@1" in report and "mbpp pass@1" in report
+
+
 def test_run_options_replace_the_source_budget_and_out(tmp_path: Path, small_tree: Path) -> None:
     from pycodegen.recipe import with_run_options
 
