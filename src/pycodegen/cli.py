@@ -389,6 +389,9 @@ Example:
 
 EXPORT_DOC = """Export a training checkpoint as a plain HF-format directory, LoRA adapters merged in.
 
+With --zoo, a LoRA checkpoint becomes a zoo model directory that pycodegen ships instead (see `pycodegen
+models`): adapter only, in float16 (at most 30 MB), its sha256 in the card, checked on every load.
+
 \b
 Example:
   pycodegen export runs/train/lora/final --out runs/models/smollm2-mbpp

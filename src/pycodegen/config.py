@@ -492,7 +492,9 @@ class ExportConfig(StrictModel):
     """`pycodegen export`: a checkpoint → a plain HF-format directory, LoRA merged."""
 
     checkpoint: Path = positional("A checkpoint directory (RUN/final, RUN/best, ...).")
-    out: Path = Field(..., description="Where to write the plain HF-format model.")
+    out: Path = Field(
+        ..., description="Where to write the plain HF-format model (with --zoo: the zoo directory)."
+    )
     zoo: bool = Field(
         False,
         description="Write a LoRA checkpoint as a zoo model pycodegen ships instead (not merged): the "
