@@ -143,6 +143,9 @@ def test_the_zoo_name_loads_offline_as_the_checkpoint_does(
     monkeypatch.setenv(ZOO_DIR_ENV, str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_model(NAME).path == shipped
+    from pycodegen.recipe import RecipeRun
+
+    assert RecipeRun.model_input(NAME) == {"model": shipped}  # a recipe's stages see its files change
     model, tokenizer = load_causal_lm(NAME)
     reference, _ = load_causal_lm(str(lora))
     plain, _ = load_causal_lm(str(base))
