@@ -19,7 +19,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pycodegen.errors import ConfigError, ModelNotFoundError
 
@@ -34,7 +34,7 @@ class ZooEntry:
     filename: str
     install: str
     description: str
-    kind: str = "gguf"
+    kind: Literal["gguf", "checkpoint"] = "gguf"
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -155,7 +155,8 @@ def package_data(package: str, *parts: str) -> Path:
 
 def recorded_prompt_mode(ref: str) -> str | None:
     """The prompt mode a pycodegen checkpoint was trained with ('hust', 'chat' or 'raw'), for generate and
-    evaluate to default to; None when `ref` is not a checkpoint (a zoo name, an HF directory, a .gguf)."""
+    evaluate to default to (a shipped zoo fine-tune's too); None when `ref` is not a checkpoint (a GGUF zoo
+    name, an HF directory, a .gguf)."""
     path = model_path(ref)
     card = checkpoint_card(path) if path.is_dir() else None
     return None if card is None else card.get("prompt_mode")
