@@ -129,6 +129,7 @@ def test_export_zoo_writes_a_hashed_float16_adapter_and_a_model_card(
             )
     model_card = (out / MODEL_CARD_FILE).read_text()
     assert model_card.startswith(CARD_TEXT) and card["adapter_sha256"] in model_card
+    assert "LoRA r=8, alpha=16, targets k_proj, o_proj, q_proj, v_proj; float16" in model_card
     # written whole: shipping again over it is refused, and the first ship is left as it was
     again = subprocess.run([sys.executable, "-m", "pycodegen", *argv], capture_output=True, text=True)
     assert again.returncode == 2 and f"{out} exists; remove it first" in again.stdout + again.stderr

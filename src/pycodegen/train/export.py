@@ -7,6 +7,7 @@ another place, without the dataset it was trained on, still exports.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ def ship(checkpoint: Path, out: Path, model_card: Path) -> dict[str, Any]:
         )
     if out.exists():
         raise ConfigError(f"{out} exists; remove it first (a shipped directory is written whole)")
+    for name in ("adapter_config.json", ADAPTER_FILE):
+        if not (checkpoint / name).is_file():
+            raise ConfigError(f"{checkpoint / name} is missing: not a whole LoRA checkpoint")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -98,7 +102,9 @@ def ship(checkpoint: Path, out: Path, model_card: Path) -> dict[str, Any]:
         "zoo": {"name": out.name, "adapter_dtype": dtype, "adapter_bytes": size},
     }
     write_json(partial / CARD_FILE, shipped)
-    text = Path(model_card).read_text(encoding="utf-8").rstrip() + "\n\n" + _shipped_section(shipped)
+    peft = json.loads((partial / "adapter_config.json").read_text(encoding="utf-8"))
+    section = _shipped_section(shipped, sorted(peft.get("target_modules") or []))
+    text = Path(model_card).read_text(encoding="utf-8").rstrip() + "\n\n" + section
     (partial / MODEL_CARD_FILE).write_text(text, encoding="utf-8")
     partial.replace(out)
     return shipped
@@ -111,8 +117,6 @@ def _write_half(source: Path, target: Path) -> str:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if not source.is_file():
-        raise ConfigError(f"{source} is missing: not a LoRA checkpoint")
     with safe_open(str(source), framework="pt") as handle:
         metadata = handle.metadata() or {"format": "pt"}
         state = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -127,12 +131,11 @@ def _write_half(source: Path, target: Path) -> str:
     return str(half).removeprefix("torch.")
 
 
-def _shipped_section(card: dict[str, Any]) -> str:
+def _shipped_section(card: dict[str, Any], targets: list[str]) -> str:
     """The generated end of MODEL_CARD.md: what the directory holds, how it loads, how to check it."""
     config = card.get("train_config") or {}
     dataset = card.get("dataset") or {}
     zoo = card["zoo"]
-    targets = ", ".join(config.get("target_modules") or []) or "the family's defaults"
     return "\n".join(
         [
             "## Shipped files",
@@ -142,7 +145,7 @@ def _shipped_section(card: dict[str, Any]) -> str:
             f"- zoo name: `{zoo['name']}`; base model: `{card['adapter']['base_model']}` (the LoRA adapter "
             "is applied over it when loaded, not merged)",
             f"- `{ADAPTER_FILE}`: LoRA r={config.get('lora_r')}, alpha={config.get('lora_alpha')}, "
-            f"targets: {targets}; {zoo['adapter_dtype']}, {zoo['adapter_bytes']:,} bytes",
+            f"targets {', '.join(targets)}; {zoo['adapter_dtype']}, {zoo['adapter_bytes']:,} bytes",
             f"- sha256 `{card['adapter_sha256']}`, recorded in `{CARD_FILE}` as `adapter_sha256` and "
             "checked on every load (`sha256sum adapter_model.safetensors` prints it)",
             f"- prompt mode `{card.get('prompt_mode')}` (what `--prompt-mode auto` uses); trained on task "
