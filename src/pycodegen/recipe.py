@@ -342,10 +342,14 @@ class RecipeRun:
 
     @staticmethod
     def model_input(model: str | None) -> dict[str, Path | str]:
-        """A model as a stage input: a local directory or file by its fingerprint, a zoo name as itself."""
+        """A model as a stage input: a local directory or file by its fingerprint, a zoo name as itself (a
+        shipped fine-tune by its directory, like the checkpoint it is)."""
+        from pycodegen.zoo import model_path
+
         if model is None:
             return {}
-        return {"model": Path(model)} if Path(model).exists() else {"model": model}
+        path = model_path(model)
+        return {"model": path} if path.exists() else {"model": model}
 
     @staticmethod
     def waits_for_engine(model: str | None) -> str | None:

@@ -540,7 +540,7 @@ class Engine:
         """An engine over any model reference (see the module docstring); loads offline. `prompt_lookup`:
         the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
         default PROMPT_LOOKUP, 0 for int8."""
-        from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, resolve_model
+        from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, model_path, resolve_model
 
         if threads:
             torch.set_num_threads(threads)
@@ -548,7 +548,7 @@ class Engine:
         concrete = pick_dtype(dtype, device)
         if prompt_lookup is None:
             prompt_lookup = 0 if concrete == "int8" else PROMPT_LOOKUP
-        path = Path(ref).expanduser()
+        path = model_path(ref)  # a shipped zoo checkpoint loads as its directory
         card = checkpoint_card(path) if path.is_dir() else None
         if card is not None and card["family"] != "hf-causal":
             from pycodegen.models.checkpoint import load_checkpoint

@@ -12,7 +12,7 @@ from pycodegen.config import TrainConfig, parse_config
 from pycodegen.errors import ConfigError
 from pycodegen.models.family import Family
 from pycodegen.models.registry import get_family
-from pycodegen.zoo import CARD_FILE, checkpoint_card
+from pycodegen.zoo import CARD_FILE, checkpoint_card, model_path
 
 
 def read_card(directory: Path) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def read_card(directory: Path) -> dict[str, Any]:
 def load_checkpoint(directory: Path) -> tuple[Family, torch.nn.Module]:
     """(family, model) of a checkpoint, from the directory alone; a LoRA checkpoint's model is its base
     with the adapter applied (a PeftModel, not merged). The model is in eval mode."""
-    directory = Path(directory)
+    directory = model_path(str(directory))  # a shipped zoo checkpoint by name, too
     card = read_card(directory)
     where = str(directory / CARD_FILE)
     cfg = parse_config(TrainConfig, card.get("train_config") or {}, where=where)

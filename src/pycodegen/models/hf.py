@@ -193,6 +193,10 @@ class HFCausalFamily(HFFamily):
                     bnb_4bit_use_double_quant=True,
                 )
             self.model, self.tokenizer = load_causal_lm(ref, quantization=quantization)
+            if is_adapter(self.model):
+                # A LoRA checkpoint (a shipped zoo fine-tune too) is trained further as its merged model,
+                # trainable like any loaded model; the card then names it as the base of the new adapter.
+                self.model = self.model.merge_and_unload().requires_grad_(True)
             if self.manifest.get("task") == "lm-windows":
                 from transformers import AutoTokenizer
 
