@@ -105,6 +105,23 @@ def test_rerun_does_no_work_and_a_changed_input_file_reruns(tmp_path: Path, smal
     assert run_recipe(recipe, QUIET) == ["report"]
 
 
+def test_markers_of_an_older_pycodegen_stay_up_to_date(tmp_path: Path, small_tree: Path) -> None:
+    """An upgrade that adds an option (at its default) must not redo finished stages: a marker written
+    before the option existed (its settings lack it, its digest differs) still matches; a recorded
+    setting that differs from today's does not."""
+    recipe = char_recipe(tmp_path, small_tree)
+    assert run_recipe(recipe, QUIET) == ["prepare", "train", "report"]
+    marker = tmp_path / "run" / "stages" / "train.json"
+    recorded = json.loads(marker.read_text())
+    older = recorded | {"sha256": "0" * 64}
+    older["settings"] = {k: v for k, v in recorded["settings"].items() if k != "drop_long"}
+    marker.write_text(json.dumps(older))
+    assert run_recipe(recipe, QUIET) == []
+    older["settings"]["clip"] = 123.0  # a setting the older run had otherwise: that stage is stale
+    marker.write_text(json.dumps(older))
+    assert run_recipe(recipe, QUIET) == ["train", "report"]
+
+
 class InterruptAt(TrainCallback):
     """Ctrl-C as the trainer sees it (its own flag, set by its SIGINT handler) after `step` steps."""
 

@@ -48,6 +48,24 @@ def _sha256(payload: object) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def same_settings(recorded: Any, settings: dict[str, Any], chosen: dict[str, Any]) -> bool:
+    """Whether a stage marker's full settings (as an earlier pycodegen wrote them, digest and all) are
+    today's: every option either has the recorded value, or did not exist then and is at its default.
+
+    >>> same_settings({"a": 1}, {"a": 1, "new": None}, {"a": 1})
+    True
+    >>> same_settings({"a": 1}, {"a": 1, "new": 5}, {"a": 1, "new": 5})
+    False
+    >>> same_settings({"a": 2}, {"a": 1}, {})
+    False
+    """
+    if not isinstance(recorded, dict):
+        return False
+    return all(
+        recorded[key] == value if key in recorded else key not in chosen for key, value in settings.items()
+    )
+
+
 def fingerprint(path: Path, exclude: Iterable[str] = ()) -> str:
     """What an input holds: a file's content hash; for a directory (a source tree, prepared data, a
     checkpoint), the content of its JSON files (manifest, card, configs) and every other file's relative
@@ -168,15 +186,20 @@ class RecipeRun:
         """Run one stage unless its marker matches its settings and inputs and its outputs exist;
         returns whether it ran."""
         settings = json.loads(cfg.model_dump_json())
+        # The digest covers the settings that differ from their defaults: a pycodegen upgrade that adds
+        # an option (with a default that keeps today's behaviour) leaves finished stages up to date.
+        chosen = json.loads(cfg.model_dump_json(exclude_defaults=True))
         seen = {
             key: fingerprint(value, exclude) if isinstance(value, Path) else value
             for key, value in (inputs or {}).items()
         }
-        digest = _sha256({"settings": settings, "inputs": seen})
+        digest = _sha256({"settings": chosen, "inputs": seen})
         marker = self.markers / f"{name}.json"
+        recorded = json.loads(marker.read_text()) if marker.is_file() else {}
+        same = recorded.get("inputs") == seen and same_settings(recorded.get("settings"), settings, chosen)
         up_to_date = (
-            marker.is_file()
-            and json.loads(marker.read_text()).get("sha256") == digest
+            bool(recorded)
+            and (recorded.get("sha256") == digest or same)
             and all(Path(o).exists() for o in outputs)
         )
         if up_to_date and not self.force:
