@@ -254,3 +254,31 @@ def test_package_data_ships_a_zoo_directory(checkpoint: tuple[Path, Path, Path],
     for file in shipped.iterdir():
         relative = f"zoo_models/{NAME}/{file.name}"
         assert any(fnmatch.fnmatch(relative, g) for g in globs["pycodegen"]), relative
+
+
+def test_the_shipped_zoo_model_is_the_one_its_card_describes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fine-tune pycodegen ships: in the package, within 30 MB, its adapter the file the card's
+    sha256 names, a MODEL_CARD.md with its data licences and figures, and it loads offline over the
+    embedded model and answers a HumanEval-style question with a fenced function."""
+    monkeypatch.delenv(ZOO_DIR_ENV, raising=False)
+    shipped = REPO / "src" / "pycodegen" / "zoo_models" / NAME
+    card = json.loads((shipped / CARD_FILE).read_text())
+    adapter = shipped / ADAPTER_FILE
+    assert adapter.stat().st_size <= 30 * 2**20
+    assert card["adapter_sha256"] == file_sha256(adapter)
+    assert card["adapter"]["base_model"] == "smollm2-135m-instruct" and card["prompt_mode"] == "chat"
+    text = (shipped / MODEL_CARD_FILE).read_text()
+    for needed in ("MIT", "CC BY 4.0", "CC BY-NC", "HumanEval", "paired"):
+        assert needed in text, needed
+    assert resolve_model(NAME).path == shipped.resolve()
+    engine = Engine.load(NAME)
+    question = engine.format_prompt(
+        "Complete the following Python function:\n```python\ndef add(a: int, b: int) -> int:\n"
+        '    """Return the sum of a and b.\n\n    >>> add(2, 3)\n    5\n    """\n```',
+        "chat",
+    )
+    stream = engine.submit(question, DecodeParams(max_new_tokens=40, temperature=0.0))
+    while not stream.done:
+        engine.step()
+    answer = stream.result()[0].text
+    assert answer.lstrip().startswith("```python") and "def add(" in answer, answer
