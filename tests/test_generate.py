@@ -187,9 +187,7 @@ def test_generate_benchmark_honours_limit_and_resumes(tiny_model: Path, tmp_path
 
 
 def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_model: Path, tmp_path: Path) -> None:
-    # Enough work that the child cannot finish in the moment a loaded machine leaves this process waiting
-    # between polls (with 12 problems of 16 tokens it once did, and exited 0 before the signal came).
-    total = 100
+    total = 100  # enough work that the child is still generating when the signal comes
     problems = problems_file(tmp_path / "p.jsonl", total)
     out = tmp_path / "samples.jsonl"
     command = [
@@ -208,7 +206,15 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_model: Path, tmp_p
         "--batch-size",
         "1",
     ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler: give
+    # the child the default disposition, as a terminal's foreground process has.
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or not out.read_text().strip()):
         time.sleep(0.02)
