@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tokenize
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -170,53 +171,29 @@ def test_eval_format_asks_as_evaluate_asks(tmp_path: Path) -> None:
         "test": "def check(candidate):\n    assert candidate(2) == 4\n",
     }
     problems.write_text(json.dumps(row) + "\n")
-    out = tmp_path / "sft"
-    prepare(
-        PrepareConfig(
-            source=str(problems),
-            add_source=["builtin:mbpp"],
-            mbpp_splits=["train"],
-            out=out,
-            task="instruction",
-            template="plain",
-            eval_format=True,
-            valid_fraction=0.0,
-            test_fraction=0.0,
+
+    def rows_of(name: str, **options: Any) -> list[dict[str, Any]]:
+        """The instruction rows of `problems` (+ options), all in train."""
+        out = tmp_path / name
+        split = dict(valid_fraction=0.0, test_fraction=0.0)
+        prepare(PrepareConfig(source=str(problems), out=out, task="instruction", **split, **options))
+        return _all_rows(out)
+
+    rows = {
+        r["id"]: r
+        for r in rows_of(
+            "sft", add_source=["builtin:mbpp"], mbpp_splits=["train"], template="plain", eval_format=True
         )
-    )
-    rows = {r["id"]: r for r in _all_rows(out)}
+    }
     mine = rows["mine/double"]
     assert mine["prompt"] == load_humaneval_file(problems)[0].instruction
     assert mine["target"] == "def double(x: int) -> int:\n    return 2 * x\n"
     mbpp = load_mbpp("train")[0]
     assert rows[mbpp.task_id]["prompt"] == mbpp.instruction and "assert " in mbpp.instruction
     # Without the option the rows are as before: the bare text and the code as written.
-    plain = tmp_path / "plain"
-    prepare(
-        PrepareConfig(
-            source=str(problems),
-            out=plain,
-            task="instruction",
-            template="plain",
-            valid_fraction=0.0,
-            test_fraction=0.0,
-        )
-    )
-    assert _all_rows(plain)[0]["target"] == prompt + "    return 2 * x\n"
-    chat = tmp_path / "chat"
-    prepare(
-        PrepareConfig(
-            source=str(problems),
-            out=chat,
-            task="instruction",
-            template="chat",
-            tokenizer="smollm2-135m-instruct",
-            eval_format=True,
-            valid_fraction=0.0,
-            test_fraction=0.0,
-        )
-    )
-    answer = _all_rows(chat)[0]
+    assert rows_of("plain", template="plain")[0]["target"] == prompt + "    return 2 * x\n"
+    chat = rows_of("chat", template="chat", tokenizer="smollm2-135m-instruct", eval_format=True)
+    answer = chat[0]
     assert answer["target"] == "```python\ndef double(x: int) -> int:\n    return 2 * x\n```"
     assert answer["messages"][0]["content"] == mine["prompt"]
 

@@ -39,6 +39,7 @@ from pycodegen.config import (
 )
 from pycodegen.errors import ConfigError
 from pycodegen.jsonl import write_json
+from pycodegen.zoo import file_sha256
 
 NON_GENERATING = {"retrieval"}  # scored by MRR on its own validation split; it writes no code
 WAITS_FOR_ENGINE = "is skipped: a {family} checkpoint ranks code, it does not write it (see its valid_mrr)"
@@ -78,11 +79,7 @@ def fingerprint(path: Path, exclude: Iterable[str] = ()) -> str:
     False
     """
     if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(path)
     if not path.is_dir():
         return "missing"
     skip = set(exclude)

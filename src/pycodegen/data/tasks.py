@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycodegen.data.records import FileRecord, FunctionRecord, PairRecord
+from pycodegen.pyast import try_parse
 from pycodegen.templates import fenced, humaneval_instruction, hust_prompt, mbpp_instruction
 
 
@@ -58,9 +59,8 @@ def without_docstring(code: str, name: str) -> str:
     >>> without_docstring("def f(x):\\n    'Twice x.'\\n    return 2 * x\\n", "f")
     'def f(x):\\n    return 2 * x\\n'
     """
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
+    tree = try_parse(code)
+    if tree is None:
         return code
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:

@@ -17,7 +17,7 @@ import torch
 from pycodegen import __version__
 from pycodegen.errors import ConfigError, unknown_name
 from pycodegen.jsonl import write_json
-from pycodegen.zoo import CARD_FILE
+from pycodegen.zoo import ADAPTER_FILE, CARD_FILE
 
 if TYPE_CHECKING:
     from pycodegen.config import TrainConfig
@@ -157,11 +157,11 @@ class Family:
 
     def load_weights(self, model: torch.nn.Module, directory: Path) -> None:
         """Load a checkpoint's weights into `model` in place (a LoRA adapter, or the full state)."""
-        if (directory / "adapter_model.safetensors").is_file():
+        if (directory / ADAPTER_FILE).is_file():
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+            set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
             return
         load_full_state(model, directory)
 
