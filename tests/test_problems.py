@@ -147,3 +147,27 @@ def test_problems_mine_a_tree_not_a_dataset(tmp_path: Path) -> None:
         prepare(
             PrepareConfig(source=str(data), out=tmp_path / "o", task="problems"), Console(file=io.StringIO())
         )
+
+
+def test_a_slow_original_is_retried_with_more_time_and_a_hanging_one_counted_apart() -> None:
+    from pycodegen.data.problems import verify
+    from pycodegen.sandbox.executor import Executor
+
+    def problem(name: str, body: str) -> dict:
+        prompt = f'def {name}(n):\n    """Return n."""\n'
+        test = "\n\ndef check(candidate):\n    assert candidate(1) == 1\n"
+        return {
+            "task_id": name,
+            "prompt": prompt,
+            "canonical_solution": body,
+            "test": test,
+            "entry_point": name,
+        }
+
+    slow = problem("slow", "    import time\n    time.sleep(1.5)\n    return n\n")  # over 1 s, under 3 s
+    hangs = problem("hangs", "    while True:\n        pass\n")
+    with Executor(workers=2, timeout=1.0) as executor:
+        kept, counts = verify([slow, hangs], executor)
+        assert executor.timeout == 1.0  # the retry's longer limit is not left behind
+    assert [p["task_id"] for p in kept] == ["slow"]
+    assert counts == {"dropped_original_times_out": 1}

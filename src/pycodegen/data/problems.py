@@ -216,6 +216,9 @@ def problem_for(fn: FunctionRecord, ctx: ModuleContext, task_prefix: str = "") -
     }
 
 
+RETRY_TIMEOUT_FACTOR = 3  # an original that timed out gets this many times the time once more (`verify`)
+
+
 def verification_jobs(problem: dict, index: int) -> list[Job]:
     """Two sandbox jobs: the original (must pass) and the bare prompt (must not)."""
     jobs = []
@@ -237,17 +240,32 @@ def verification_jobs(problem: dict, index: int) -> list[Job]:
 def verify(
     problems: list[dict], executor: Executor, progress: object | None = None
 ) -> tuple[list[dict], Counter]:
-    """The problems whose original passes its test and whose bare prompt fails it; counts of the rest."""
+    """The problems whose original passes its test and whose bare prompt fails it; counts of the rest.
+
+    An original that runs out of time is run once more with RETRY_TIMEOUT_FACTOR times the time: on a
+    loaded machine a slow but correct function would otherwise be dropped, and which problems a tree
+    yields would depend on the load. One that times out again is counted apart from the ones that fail."""
     jobs = [job for i, p in enumerate(problems) for job in verification_jobs(p, i)]
     outcome: dict[int, str] = {}
     for verdict in executor.map(jobs):
         outcome[verdict.sample_index] = verdict.outcome
         if callable(progress):
             progress(1)
+    slow = [job for job in jobs if job.sample_index % 2 == 0 and outcome.get(job.sample_index) == "timeout"]
+    if slow:
+        timeout = executor.timeout
+        executor.timeout = timeout * RETRY_TIMEOUT_FACTOR
+        try:
+            for verdict in executor.map(slow):
+                outcome[verdict.sample_index] = verdict.outcome
+        finally:
+            executor.timeout = timeout
     kept, counts = [], Counter()
     for i, p in enumerate(problems):
         original, bare = outcome.get(2 * i), outcome.get(2 * i + 1)
-        if original != "passed":
+        if original == "timeout":
+            counts["dropped_original_times_out"] += 1
+        elif original != "passed":
             counts["dropped_original_fails"] += 1
         elif bare == "passed":
             counts["dropped_trivial_test"] += 1
