@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 from pycodegen.generate.engine import PROMPT_LOOKUP, DecodeParams, Engine
-from pycodegen.zoo import load_causal_lm
 
 TASKS = [
     "Write a Python function that checks whether a number is prime.",
@@ -130,8 +129,6 @@ def main() -> None:
 
     engine = Engine.load(args.model, dtype="fp32", max_batch=8)
     model, tokenizer = engine.model, engine.tokenizer
-    # The engine before packed projections (Engine.load packs; for_model over a fresh copy does not).
-    unpacked = Engine.for_model(load_causal_lm(args.model)[0].eval(), tokenizer, max_batch=8)
     prompts = [engine.format_prompt(t) for t in TASKS]
     n = args.tokens
     engine_rate(engine, prompts[:1], 4)  # warm-up: first-call allocations
@@ -139,14 +136,7 @@ def main() -> None:
     print(f"model {args.model}, {n} new tokens per request, {args.threads} threads, fp32 unless said")
     # Alternated, best of `repeats` each: a burst of load from elsewhere hits both sides alike.
     k = args.prompt_lookup
-    runs: dict[str, list[float]] = {
-        "generate": [],
-        "single": [],
-        "eight": [],
-        "lookup": [],
-        "gen_lookup": [],
-        "unpacked": [],
-    }
+    runs: dict[str, list[float]] = {"generate": [], "single": [], "eight": [], "lookup": [], "gen_lookup": []}
     for _ in range(args.repeats):
         runs["generate"].append(plain_generate(model, tokenizer, prompts[0], n))
         runs["single"].append(engine_rate(engine, prompts[:1], n))
@@ -155,9 +145,8 @@ def main() -> None:
         runs["lookup"].append(engine_rate(engine, prompts[:1], n, lookup=k))
         drafted, accepted, passes = (engine.stats[s] - before[s] for s in ("drafted", "accepted", "steps"))
         runs["gen_lookup"].append(plain_generate(model, tokenizer, prompts[0], n, lookup=k))
-        runs["unpacked"].append(engine_rate(unpacked, prompts[:1], n, lookup=k))
-    base, single, eight, lookup, gen_lookup, before_packing = (
-        max(runs[r]) for r in ("generate", "single", "eight", "lookup", "gen_lookup", "unpacked")
+    base, single, eight, lookup, gen_lookup = (
+        max(runs[r]) for r in ("generate", "single", "eight", "lookup", "gen_lookup")
     )
     print(f"plain generate()             {base:7.1f} tok/s")
     print(
@@ -174,10 +163,6 @@ def main() -> None:
     print(
         f"generate(prompt_lookup_num_tokens={k})    {gen_lookup:7.1f} tok/s   {gen_lookup / base:.2f}x "
         f"generate(); the engine's is {lookup / gen_lookup:.2f}x it"
-    )
-    print(
-        f"engine single stream, prompt lookup {k}, projections not packed  {before_packing:7.1f} tok/s   "
-        f"{before_packing / base:.2f}x generate(); packing gives {lookup / before_packing:.2f}x"
     )
     engine.prompt_lookup = 0
     plain_text = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids
