@@ -80,22 +80,6 @@ def test_greedy_alone_equals_batched_with_prompts_of_different_lengths(engine: E
     assert len(set(alone)) == len(alone) and all(alone)  # distinct, non-empty: the check can fail
 
 
-def test_packed_projections_decode_what_the_models_own_generate_does(engine: Engine, tiny: Path) -> None:
-    from transformers import AutoModelForCausalLM
-
-    assert engine.backend.packs is not None  # Engine.load packs q/k/v and gate/up for decoding
-    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
-    unpacked = Engine.for_model(model, engine.tokenizer, prompt_lookup=0)
-    assert unpacked.backend.lean and unpacked.backend.packs is None
-    params = DecodeParams(max_new_tokens=16)
-    for prompt in PROMPTS:
-        ids = engine.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(ids))
-        expected = engine.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        assert texts(engine, [prompt], params)[0] == texts(unpacked, [prompt], params)[0] == expected
-
-
 def test_requests_join_and_leave_the_running_batch(engine: Engine) -> None:
     long, short = DecodeParams(max_new_tokens=20), DecodeParams(max_new_tokens=4)
     expected_long = texts(engine, [PROMPTS[0]], long)[0]

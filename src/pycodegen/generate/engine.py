@@ -205,7 +205,7 @@ class _KV:
 class CausalBackend(StepBackend):
     """A transformers decoder-only model (a PeftModel with unmerged LoRA adapters included)."""
 
-    def __init__(self, model: Any, tokenizer: Any, lean: bool = True, pack: bool = False) -> None:
+    def __init__(self, model: Any, tokenizer: Any, lean: bool = True) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         config = model.config
@@ -225,13 +225,6 @@ class CausalBackend(StepBackend):
             and type(model).__name__ == "LlamaForCausalLM"
             and getattr(config, "_attn_implementation", None) == "sdpa"
         )
-        # Packed projections (a model loaded for inference only: `Engine.load`): per layer, q/k/v as one
-        # matrix and gate/up as one, so a decode step runs 4 matmuls a layer instead of 7 (bigger
-        # matmuls, fewer calls: bench/engine_bench.py). The modules' own weights become views of the
-        # packed ones, so nothing is held twice and the model's forward still works.
-        self.packs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        if pack and self.lean:
-            self.packs = _pack_llama(model)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -310,34 +303,21 @@ class CausalBackend(StepBackend):
             width = kv.mask.shape[1]
             causal = torch.ones(count, width, dtype=torch.bool, device=ids.device).tril(width - count)
             keep = keep & causal  # (B, 1, T, L)
-        for i, (layer, cached) in enumerate(zip(decoder.layers, kv.cache.layers, strict=True)):
+        for layer, cached in zip(decoder.layers, kv.cache.layers, strict=True):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            if self.packs is not None:  # q, k, v in one matmul, rotated together
-                heads = attn.q_proj.out_features // attn.head_dim
-                qkv = F.linear(h, self.packs[i][0]).view(batch, count, -1, attn.head_dim).transpose(1, 2)
-                kv_heads = (qkv.shape[1] - heads) // 2
-                qk = qkv[:, : heads + kv_heads]
-                qk = qk * cos + _rotate_half(qk) * sin
-                q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads :]
-            else:
-                q = attn.q_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
-                k = attn.k_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-                v = attn.v_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
+            q = attn.q_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = attn.k_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = attn.v_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
             cached.keys = torch.cat([cached.keys, k], dim=2)  # (B, Hkv, L, D)
             cached.values = torch.cat([cached.values, v], dim=2)
             y = F.scaled_dot_product_attention(
                 q, cached.keys, cached.values, attn_mask=keep, scale=attn.scaling, enable_gqa=True
             )  # (B, H, T, D)
             x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, count, -1))
-            h = layer.post_attention_layernorm(x)
-            if self.packs is not None:  # gate and up in one matmul
-                gate, up = F.linear(h, self.packs[i][1]).chunk(2, dim=-1)
-                x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-            else:
-                x = x + layer.mlp(h)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
         return self.model.lm_head(decoder.norm(x)).float()  # (B, T, V)
 
     def select(self, state: _KV, rows: list[int]) -> _KV:
@@ -366,32 +346,6 @@ class CausalBackend(StepBackend):
             mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)])
         mask = torch.cat([left_pad(state.mask, 1), left_pad(other.mask, 1)])
         return _KV(state.cache, mask, torch.cat([state.lengths, other.lengths]))
-
-
-def _pack_llama(model: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per layer, [q; k; v] and [gate; up] weights as one matrix each, the modules' weights rebound as
-    views of them (None, nothing changed: a layer with biases or quantized/LoRA projections)."""
-    layers = model.model.layers
-    names = [("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj"))]
-    linears = [
-        [getattr(getattr(layer, part), name) for part, group in names for name in group] for layer in layers
-    ]
-    if not all(type(m) is torch.nn.Linear and m.bias is None for row in linears for m in row):
-        return None
-    packs = []
-    with torch.no_grad():
-        for row in linears:
-            pair = []
-            for group in (row[:3], row[3:]):
-                packed = torch.cat([m.weight for m in group]).contiguous()
-                start = 0
-                for m in group:
-                    rows = m.weight.shape[0]
-                    m.weight = torch.nn.Parameter(packed[start : start + rows], requires_grad=False)
-                    start += rows
-                pair.append(packed)
-            packs.append((pair[0], pair[1]))
-    return packs
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -608,7 +562,7 @@ class Engine:
         model, tokenizer = load_causal_lm(ref)
         model = _to_dtype(model, concrete, device)
         return cls.for_model(
-            model, tokenizer, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup, pack=True
+            model, tokenizer, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
         )
 
     @classmethod
@@ -621,13 +575,11 @@ class Engine:
         card: dict[str, Any] | None = None,
         max_batch: int = 8,
         prompt_lookup: int = PROMPT_LOOKUP,
-        pack: bool = False,
     ) -> Engine:
         """An engine over an HF causal model in memory (a loaded checkpoint, a training run's model, a
-        test's). `pack`: pack the projections for decoding (`CausalBackend`); only for a model nothing
-        trains, since its projections' weights become views of the packed matrices."""
+        test's)."""
         return cls(
-            CausalBackend(model, tokenizer, pack=pack),
+            CausalBackend(model, tokenizer),
             tokenizer,
             name=name,
             model=model,
