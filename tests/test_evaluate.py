@@ -381,6 +381,8 @@ def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(t
     found = json.loads((out / "results.json").read_text())["metrics"]
     assert found["best_of_3_pass@1"] == 0.5 and found["tasks_selected_by_examples"] == 1
     assert found["pass@1"] == pytest.approx(1 / 6)  # the samples as drawn
+    report = (out / "report.md").read_text()
+    assert "| best_of_3_pass@1 | 0.5000 |" in report and "chosen by examples in 1 task" in report
     too_many = run_cli(
         "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--best-of", "4"
     )

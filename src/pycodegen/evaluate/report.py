@@ -33,7 +33,8 @@ def render_report(results: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
     ]
-    for key in ("pass@1", "pass@10", "pass@100", "filtered_pass@1"):
+    best_of = f"best_of_{m['best_of']}_pass@1" if "best_of" in m else None
+    for key in ("pass@1", "pass@10", "pass@100", "filtered_pass@1", best_of):
         if key in m:
             lines.append(f"| {key} | {m[key]:.4f} |")
     for key, value in m.get("text_metrics", {}).items():
@@ -44,6 +45,13 @@ def render_report(results: dict[str, Any]) -> str:
         + (
             f"; example-filtered pass@1 uses the `>>>` examples of {plural(m['tasks_with_examples'], 'task')}"
             if "tasks_with_examples" in m
+            else ""
+        )
+        + (
+            f"; {best_of}: selection by execution among each task's first {m['best_of']} samples (one that "
+            f"passes the prompt's `>>>` examples, by mean log-probability; chosen by examples in "
+            f"{plural(m['tasks_selected_by_examples'], 'task')})"
+            if best_of
             else ""
         ),
         "",
