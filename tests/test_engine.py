@@ -80,6 +80,25 @@ def test_greedy_alone_equals_batched_with_prompts_of_different_lengths(engine: E
     assert len(set(alone)) == len(alone) and all(alone)  # distinct, non-empty: the check can fail
 
 
+def test_load_started_loads_in_the_thread_that_decodes(tiny: Path, engine: Engine) -> None:
+    import threading
+
+    started = Engine.load_started(str(tiny), max_batch=4)
+    try:
+        thread = started._thread
+        assert thread is not None and thread.is_alive() and thread is not threading.current_thread()
+        started.start()  # already decoding: a no-op
+        assert started._thread is thread
+        params = DecodeParams(max_new_tokens=12)
+        done = started.submit(PROMPTS[0], params).result(timeout=60)
+        assert done[0].text == texts(engine, [PROMPTS[0]], params)[0]
+    finally:
+        started.stop()
+    assert not thread.is_alive() and started._thread is None
+    with pytest.raises(Exception, match="no/such"):
+        Engine.load_started(str(tiny / "no" / "such"))
+
+
 def test_requests_join_and_leave_the_running_batch(engine: Engine) -> None:
     long, short = DecodeParams(max_new_tokens=20), DecodeParams(max_new_tokens=4)
     expected_long = texts(engine, [PROMPTS[0]], long)[0]

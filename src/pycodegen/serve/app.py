@@ -611,7 +611,7 @@ def serve(cfg: ServeConfig, console: Console) -> None:
     api_key = cfg.api_key or os.environ.get("PYCODEGEN_API_KEY") or None
     started = time.perf_counter()
     console.print(f"[bold cyan]serve[/] loading {cfg.model}")
-    engine = Engine.load(
+    engine = Engine.load_started(  # loaded by the thread that decodes (why: Engine.load_started)
         cfg.model,
         dtype=cfg.dtype,
         max_batch=cfg.max_batch,
