@@ -277,8 +277,5 @@ def test_the_shipped_zoo_model_is_the_one_its_card_describes(monkeypatch: pytest
         '    """Return the sum of a and b.\n\n    >>> add(2, 3)\n    5\n    """\n```',
         "chat",
     )
-    stream = engine.submit(question, DecodeParams(max_new_tokens=40, temperature=0.0))
-    while not stream.done:
-        engine.step()
-    answer = stream.result()[0].text
+    answer = engine.generate([question], DecodeParams(max_new_tokens=40, temperature=0.0))[0][0].text
     assert answer.lstrip().startswith("```python") and "def add(" in answer, answer

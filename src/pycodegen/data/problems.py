@@ -251,7 +251,8 @@ def verify(
         outcome[verdict.sample_index] = verdict.outcome
         if callable(progress):
             progress(1)
-    slow = [job for job in jobs if job.sample_index % 2 == 0 and outcome.get(job.sample_index) == "timeout"]
+    originals = jobs[::2]  # verification_jobs: each problem's original, then its bare prompt
+    slow = [job for job in originals if outcome.get(job.sample_index) == "timeout"]
     if slow:
         timeout = executor.timeout
         executor.timeout = timeout * RETRY_TIMEOUT_FACTOR
