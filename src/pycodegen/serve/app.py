@@ -617,6 +617,7 @@ def serve(cfg: ServeConfig, console: Console) -> None:
         max_batch=cfg.max_batch,
         threads=cfg.threads,
         prompt_lookup=cfg.prompt_lookup,
+        draft_heads=cfg.draft_heads,
     )
     app = create_app(engine, cfg, api_key=api_key)
     fim = "fill-in-the-middle on" if _does_fim(engine) else "no fill-in-the-middle (not trained for it)"

@@ -1,0 +1,300 @@
+"""Draft heads: speculative decoding for a lone greedy stream where the prompt offers nothing to look up.
+
+Medusa (Cai et al. 2024, "Medusa: Simple LLM Inference Acceleration Framework with Multiple Decoding
+Heads"): K small residual blocks read the model's last hidden state at a position and guess the tokens
+2 … K+1 ahead through the model's own output layer (frozen, shared). The engine feeds the model's next
+token plus these guesses in one pass and keeps the guesses equal to the model's own argmax (the same
+verification as prompt lookup, `Engine._speculate`), so the greedy text is the model's whatever the heads
+guess: the heads decide the speed, never the text.
+
+The heads learn what this model says (self-distillation, Medusa-2's recipe when the training data's own
+answers are not the model's): `train_draft_heads` has the model answer instructions greedily, runs the
+frozen model over prompt + answer once for the hidden states, and fits the heads to the answer's later
+tokens. A directory holds `draft_heads.safetensors` and `draft_heads.json` (its card: the model, a
+fingerprint of its output layer, the data, the held-out acceptance); loading refuses heads made for
+another model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pycodegen.errors import PycodegenError
+
+WEIGHTS = "draft_heads.safetensors"
+CARD = "draft_heads.json"
+
+
+class DraftHeadsError(PycodegenError):
+    """Draft heads that cannot be used with this model."""
+
+
+class DraftHeads(nn.Module):
+    """K residual blocks `h + SiLU(W h + b)` (Medusa's), zero-initialised (each starts as the identity)."""
+
+    def __init__(self, hidden: int, count: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(count))
+        for block in self.blocks:
+            nn.init.zeros_(block.weight)
+            nn.init.zeros_(block.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, C) final-norm hidden states → (N, K, C), head k's input to the output layer."""
+        return torch.stack([hidden + F.silu(block(hidden)) for block in self.blocks], dim=-2)
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of the model's output-layer weight (every 997th value, as fp32): heads are tied to
+    the hidden states and output layer of one model."""
+    weight = model.get_output_embeddings().weight.detach().float().flatten()[::997].contiguous()
+    return hashlib.sha256(weight.numpy().tobytes()).hexdigest()[:16]
+
+
+def save_heads(heads: DraftHeads, out: Path, card: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, str(out / WEIGHTS))
+    (out / CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def load_heads(path: Path, model: Any) -> tuple[DraftHeads, dict[str, Any]]:
+    """The heads in directory `path`, checked against `model` (DraftHeadsError if made for another)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / CARD).is_file() or not (path / WEIGHTS).is_file():
+        raise DraftHeadsError(f"{path} holds no draft heads (expected {CARD} and {WEIGHTS})")
+    card = json.loads((path / CARD).read_text())
+    mine = fingerprint(model)
+    if card.get("fingerprint") != mine:
+        raise DraftHeadsError(
+            f"draft heads in {path} were trained for {card.get('model')!r} (output layer "
+            f"{card.get('fingerprint')}), not this model (output layer {mine})"
+        )
+    heads = DraftHeads(int(card["hidden"]), int(card["heads"]))
+    heads.load_state_dict(load_file(str(path / WEIGHTS)))
+    return heads.eval(), card
+
+
+class Drafter:
+    """The heads at decode time: `draft(hidden)` → the K tokens they guess after the model's next token.
+    Their output layer is an int8 copy of the model's: a guess need not be exact (verification decides),
+    and 49,152 × 576 in int8 costs a fifth of fp32's time here."""
+
+    def __init__(self, heads: DraftHeads, model: Any) -> None:
+        head = model.get_output_embeddings()
+        linear = nn.Linear(head.weight.shape[1], head.weight.shape[0], bias=False)
+        linear.weight.data = head.weight.detach().float().clone()
+        self.heads = heads.float()
+        self.output = torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8
+        )
+        self.count = len(heads.blocks)
+
+    @torch.no_grad()
+    def draft(self, hidden: torch.Tensor, count: int) -> list[int]:
+        """The first `count` heads' guesses from one position's hidden state (C,)."""
+        if count <= 0:
+            return []
+        x = self.heads(hidden.float()[None])[0, :count]  # (count, C)
+        return self.output(x).argmax(-1).tolist()
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def default_instructions() -> list[str]:
+    """MBPP's train, validation and prompt splits (CC BY 4.0; never its test split): 474 instructions."""
+    from pycodegen.benchmarks import MBPP_SPLITS, mbpp_problem, mbpp_rows
+
+    return [mbpp_problem(r).instruction for s in MBPP_SPLITS if s != "test" for r in mbpp_rows(s)]
+
+
+def answer(
+    engine: Any,
+    instructions: Sequence[str],
+    out: Path,
+    max_new_tokens: int,
+    report: Callable[[int, int], None] | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, greedy answer ids) for each instruction, through the engine in batches; appended to
+    `out` as they come, and read back from it on a rerun (a killed run loses at most one batch)."""
+    from pycodegen.generate.engine import DecodeParams
+    from pycodegen.jsonl import AppendLog, iter_jsonl
+
+    # a torn last line (a kill mid-write) is dropped and its batch answered again
+    done = (
+        [(r["prompt_ids"], r["answer_ids"]) for _, r in iter_jsonl(out, skip_bad=True)]
+        if out.is_file()
+        else []
+    )
+    log = AppendLog(out)
+    params = DecodeParams(max_new_tokens=max_new_tokens)
+    batch = max(1, engine.max_batch)
+    for start in range(len(done), len(instructions), batch):
+        prompts = [engine.format_prompt(t) for t in instructions[start : start + batch]]
+        results = engine.generate(prompts, params)
+        for prompt, choices in zip(prompts, results, strict=True):
+            ids = engine.backend.encode(prompt)
+            log.append({"prompt_ids": ids, "answer_ids": list(choices[0].token_ids)})
+            done.append((ids, list(choices[0].token_ids)))
+        if report:
+            report(len(done), len(instructions))
+    return done
+
+
+@torch.no_grad()
+def hidden_states(model: Any, pairs: Sequence[tuple[list[int], list[int]]], count: int) -> list[Any]:
+    """Per sequence: the final-norm hidden states (N, C) of the positions whose next K+1 tokens are all
+    answer tokens, and those tokens 2 … K+1 ahead (N, K): head k's targets."""
+    decoder = model.get_decoder()
+    out = []
+    for prompt, ans in pairs:
+        ids = torch.tensor([prompt + ans])
+        total = ids.shape[1]
+        first = len(prompt) - 1  # the position that predicts the first answer token
+        last = total - 1 - count  # positions with count + 1 tokens after them
+        if last <= first:
+            continue
+        hidden = decoder(input_ids=ids).last_hidden_state[0, first:last]
+        targets = torch.stack([ids[0, first + 1 + k : last + 1 + k] for k in range(1, count + 1)], dim=-1)
+        out.append((hidden.float(), targets))
+    return out
+
+
+def train_draft_heads(
+    model: Any,
+    pairs: Sequence[tuple[list[int], list[int]]],
+    *,
+    count: int = 2,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch: int = 256,
+    held_out: float = 0.1,
+    seed: int = 0,
+    report: Callable[[str], None] | None = None,
+) -> tuple[DraftHeads, dict[str, Any]]:
+    """Heads fitted to `pairs` (prompt ids, the model's own greedy answer ids); held-out top-1 accuracy
+    of each head and of the first `k` heads all right at once (what a k-token draft needs)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    cut = max(1, int(len(order) * held_out)) if len(order) > 1 else 0
+    sequences = hidden_states(model, [pairs[i] for i in order], count)
+    test, train = sequences[:cut], sequences[cut:]
+    if not train:
+        raise DraftHeadsError("no answer was long enough to train draft heads on")
+    h_train = torch.cat([h for h, _ in train])
+    y_train = torch.cat([y for _, y in train])
+    weight = model.get_output_embeddings().weight.detach().float()
+    heads = DraftHeads(h_train.shape[1], count)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=0.0)
+    for epoch in range(epochs):
+        started, total, steps = time.perf_counter(), 0.0, 0
+        perm = torch.randperm(len(h_train), generator=generator)
+        for i in range(0, len(perm), batch):
+            rows = perm[i : i + batch]
+            logits = F.linear(heads(h_train[rows]), weight)  # (B, K, V)
+            # later heads guess further ahead and are right less often: weighted down (Medusa's 0.8^k)
+            loss = sum(F.cross_entropy(logits[:, k], y_train[rows, k]) * 0.8**k for k in range(count))
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1  # type: ignore[union-attr]
+        if report:
+            seconds = time.perf_counter() - started
+            report(f"epoch {epoch + 1}/{epochs}: loss {total / max(steps, 1):.3f}, {seconds:.0f} s")
+    heads.eval()
+    metrics: dict[str, Any] = {
+        "train_positions": len(h_train),
+        "held_out_positions": sum(len(h) for h, _ in test),
+    }
+    if test:
+        h_test = torch.cat([h for h, _ in test])
+        y_test = torch.cat([y for _, y in test])
+        with torch.no_grad():
+            guess = F.linear(heads(h_test), weight).argmax(-1)  # (N, K)
+        right = guess == y_test
+        metrics["head_accuracy"] = [round(float(right[:, k].float().mean()), 4) for k in range(count)]
+        metrics["first_k_all_right"] = [
+            round(float(right[:, : k + 1].all(-1).float().mean()), 4) for k in range(count)
+        ]
+    return heads, metrics
+
+
+def run_draft_heads(cfg: Any, console: Any) -> dict[str, Any]:
+    """`pycodegen draft-heads`: answers (OUT/answers.jsonl, resumed), heads, card; the card's dict."""
+    from pycodegen.benchmarks import load_humaneval_file
+    from pycodegen.console import progress
+    from pycodegen.generate.engine import Engine
+
+    started = time.perf_counter()
+    engine = Engine.load(cfg.model, dtype="fp32", max_batch=cfg.batch_size, threads=cfg.threads)
+    backend = engine.backend
+    if not getattr(backend, "lean", False):
+        raise DraftHeadsError(f"draft heads need a Llama-architecture model; {cfg.model} is not")
+    instructions = default_instructions()
+    for path in cfg.problems:
+        instructions += [p.instruction for p in load_humaneval_file(Path(path))]
+    # an instruction whose prompt leaves no room for an answer within the model's context is left out
+    context = getattr(backend, "max_len", None)
+    fits = [
+        t
+        for t in instructions
+        if context is None or engine.count_tokens(engine.format_prompt(t)) + cfg.max_new_tokens <= context
+    ]
+    too_long = len(instructions) - len(fits)
+    instructions = fits[: cfg.limit]
+    if too_long:
+        console.print(f"[yellow]draft-heads[/] {too_long} instructions left out: too long for the context")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with progress("answering", console) as bar:
+        task = bar.add_task("answering", total=len(instructions), status="")
+        pairs = answer(
+            engine,
+            instructions,
+            out / "answers.jsonl",
+            cfg.max_new_tokens,
+            lambda done, total: bar.update(task, completed=done),
+        )
+    answered = time.perf_counter()
+    console.print(f"[bold cyan]draft-heads[/] {len(pairs)} answers in {answered - started:.0f} s; training")
+    heads, metrics = train_draft_heads(
+        engine.model, pairs, count=cfg.heads, epochs=cfg.epochs, report=console.print
+    )
+    card = {
+        "model": cfg.model,
+        "fingerprint": fingerprint(engine.model),
+        "hidden": int(engine.model.config.hidden_size),
+        "heads": cfg.heads,
+        "data": {
+            "instructions": len(instructions),
+            "left_out_too_long": too_long,
+            "sources": ["MBPP train/validation/prompt (CC BY 4.0)", *map(str, cfg.problems)],
+            "answers": f"the model's own greedy answers (prompt mode {engine.prompt_mode()})",
+            "max_new_tokens": cfg.max_new_tokens,
+        },
+        "epochs": cfg.epochs,
+        **metrics,
+        "seconds": {
+            "answering": round(answered - started),
+            "training": round(time.perf_counter() - answered),
+        },
+    }
+    save_heads(heads, out, card)
+    console.print(
+        f"[bold cyan]draft-heads[/] {out}: held-out accuracy per head {metrics.get('head_accuracy')}, "
+        f"first k all right {metrics.get('first_k_all_right')}"
+    )
+    return card
