@@ -81,10 +81,14 @@ def plain_generate(model: Any, tokenizer: Any, prompt: str, tokens: int, lookup:
     return (out.shape[1] - ids["input_ids"].shape[1]) / elapsed
 
 
-def engine_rate(engine: Engine, prompts: list[str], tokens: int, lookup: int = 0) -> float:
+def engine_rate(
+    engine: Engine, prompts: list[str], tokens: int, lookup: int = 0, drafter: Any = None
+) -> float:
     """Aggregate generated tokens/s of `prompts` decoded together (one prompt: single stream), with
-    `lookup` prompt-lookup draft tokens at most (0 = step by step)."""
+    `lookup` prompt-lookup draft tokens at most (0 = step by step) and `drafter`'s draft heads (None =
+    without)."""
     engine.prompt_lookup = lookup
+    engine.backend.drafter = drafter  # type: ignore[union-attr]
     params = DecodeParams(max_new_tokens=tokens, ignore_eos=True)
     start = time.perf_counter()
     done = engine.generate(prompts, params)
@@ -113,6 +117,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per request")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--draft-heads",
+        default=None,
+        help="draft heads for the engine (a directory or shipped name; default: those shipped for the model)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
     parser.add_argument("--skip-library", action="store_true", help="skip transformers' generate_batch")
     parser.add_argument(
@@ -127,7 +136,8 @@ def main() -> None:
     def best(measure: Any) -> float:
         return max(measure() for _ in range(args.repeats))
 
-    engine = Engine.load(args.model, dtype="fp32", max_batch=8)
+    engine = Engine.load(args.model, dtype="fp32", max_batch=8, draft_heads=args.draft_heads)
+    drafter = engine.backend.drafter  # type: ignore[union-attr]
     model, tokenizer = engine.model, engine.tokenizer
     prompts = [engine.format_prompt(t) for t in TASKS]
     n = args.tokens
@@ -136,7 +146,16 @@ def main() -> None:
     print(f"model {args.model}, {n} new tokens per request, {args.threads} threads, fp32 unless said")
     # Alternated, best of `repeats` each: a burst of load from elsewhere hits both sides alike.
     k = args.prompt_lookup
-    runs: dict[str, list[float]] = {"generate": [], "single": [], "eight": [], "lookup": [], "gen_lookup": []}
+    runs: dict[str, list[float]] = {
+        "generate": [],
+        "single": [],
+        "eight": [],
+        "lookup": [],
+        "gen_lookup": [],
+        "heads": [],
+        "both": [],
+    }
+    head_stats: dict[str, int] = {}
     for _ in range(args.repeats):
         runs["generate"].append(plain_generate(model, tokenizer, prompts[0], n))
         runs["single"].append(engine_rate(engine, prompts[:1], n))
@@ -145,6 +164,11 @@ def main() -> None:
         runs["lookup"].append(engine_rate(engine, prompts[:1], n, lookup=k))
         drafted, accepted, passes = (engine.stats[s] - before[s] for s in ("drafted", "accepted", "steps"))
         runs["gen_lookup"].append(plain_generate(model, tokenizer, prompts[0], n, lookup=k))
+        if drafter is not None:
+            runs["heads"].append(engine_rate(engine, prompts[:1], n, drafter=drafter))
+            before = dict(engine.stats)
+            runs["both"].append(engine_rate(engine, prompts[:1], n, lookup=k, drafter=drafter))
+            head_stats = {s: engine.stats[s] - before[s] for s in ("drafted", "accepted", "steps")}
     base, single, eight, lookup, gen_lookup = (
         max(runs[r]) for r in ("generate", "single", "eight", "lookup", "gen_lookup")
     )
@@ -164,12 +188,25 @@ def main() -> None:
         f"generate(prompt_lookup_num_tokens={k})    {gen_lookup:7.1f} tok/s   {gen_lookup / base:.2f}x "
         f"generate(); the engine's is {lookup / gen_lookup:.2f}x it"
     )
-    engine.prompt_lookup = 0
+    if drafter is not None:
+        heads, both = max(runs["heads"]), max(runs["both"])
+        print(
+            f"engine single stream, draft heads ({drafter.count})  {heads:7.1f} tok/s   "
+            f"{heads / base:.2f}x generate(), {heads / single:.2f}x engine without"
+        )
+        print(
+            f"engine single stream, prompt lookup {k} + draft heads (the default)  {both:7.1f} tok/s   "
+            f"{both / base:.2f}x generate()  (target 1.5x); {head_stats['accepted']} of "
+            f"{head_stats['drafted']} drafts accepted, {head_stats['steps']} passes for {n - 1} tokens"
+        )
+    engine.prompt_lookup, engine.backend.drafter = 0, None  # type: ignore[union-attr]
     plain_text = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids
     engine.prompt_lookup = k
     same = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids == plain_text
-    engine.prompt_lookup = 0
-    print(f"prompt-lookup greedy tokens equal step-by-step's: {same}")
+    engine.backend.drafter = drafter  # type: ignore[union-attr]
+    same_heads = engine.generate(prompts[:1], DecodeParams(max_new_tokens=n))[0][0].token_ids == plain_text
+    engine.prompt_lookup, engine.backend.drafter = 0, None  # type: ignore[union-attr]
+    print(f"prompt-lookup greedy tokens equal step-by-step's: {same}; with draft heads too: {same_heads}")
 
     bandwidth = copy_bandwidth()
     fp32_bytes = weight_bytes(model)

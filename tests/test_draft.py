@@ -5,6 +5,7 @@ engine, are refused; `pycodegen draft-heads` answers, trains, writes its card an
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,19 @@ def test_cli_answers_trains_writes_its_card_and_resumes(tiny: Path, tmp_path: Pa
     assert again.returncode == 0, again.stderr
     assert (out / "answers.jsonl").read_text() == answers  # answered once, read back on the rerun
     Engine.load(str(tiny), draft_heads=out)  # the directory loads as heads for this model
+
+
+def test_shipped_heads_are_the_default_for_their_zoo_model_only(
+    heads_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pycodegen.generate.draft import resolve_heads
+
+    monkeypatch.setenv("PYCODEGEN_ZOO_DIR", str(tmp_path))
+    assert resolve_heads("smollm2-135m-instruct", None) is None  # none shipped here yet
+    shutil.copytree(heads_dir, tmp_path / "smollm2-135m-instruct-draft")
+    assert resolve_heads("smollm2-135m-instruct", None) == tmp_path / "smollm2-135m-instruct-draft"
+    assert resolve_heads("smollm2-135m-instruct", None, explicit_ok=False) is None  # int8: not by default
+    assert resolve_heads("smollm2-135m-instruct", "none") is None
+    assert resolve_heads("some/local/dir", None) is None  # a path is no zoo name
+    assert resolve_heads("x", "smollm2-135m-instruct-draft") == tmp_path / "smollm2-135m-instruct-draft"
+    assert resolve_heads("x", str(heads_dir)) == heads_dir

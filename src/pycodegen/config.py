@@ -244,11 +244,12 @@ class EngineOptions(StrictModel):
         "its own text and verifies in one forward pass (same text, fewer weight reads); 0 = off; "
         "default 2, 0 with --dtype int8 (whose text it would change).",
     )
-    draft_heads: Path | None = Field(
+    draft_heads: str | None = Field(
         None,
-        description="Draft heads (`pycodegen draft-heads`) for speculative decoding where the prompt offers "
-        "nothing to look up: a lone greedy request verifies their guesses in one pass (same text); fp32 "
-        "or bf16 Llama-architecture models.",
+        description="Draft heads (`pycodegen draft-heads` OUT, or shipped heads' name) for speculative "
+        "decoding where the prompt offers nothing to look up: a lone greedy request verifies their "
+        "guesses in one pass (same text); default: the heads pycodegen ships for the model, if any (not "
+        "with int8); 'none' = off.",
     )
 
 

@@ -88,6 +88,28 @@ def load_heads(path: Path, model: Any) -> tuple[DraftHeads, dict[str, Any]]:
     return heads.eval(), card
 
 
+SHIPPED_SUFFIX = "-draft"  # zoo_models/MODEL-draft/: the heads pycodegen ships for zoo model MODEL
+
+
+def resolve_heads(ref: str, heads: str | Path | None, explicit_ok: bool = True) -> Path | None:
+    """The heads directory an engine over model `ref` uses: `heads` as given (a directory, or the name of
+    shipped heads), None = the heads shipped for `ref` if there are any and `explicit_ok` (the engine can
+    use them), "none" = none."""
+    from pycodegen.zoo import zoo_dir
+
+    if heads is None:
+        if Path(ref).name != ref:  # a path, not a zoo name: no shipped heads
+            return None
+        shipped = zoo_dir() / f"{ref}{SHIPPED_SUFFIX}"
+        return shipped if explicit_ok and (shipped / CARD).is_file() else None
+    if str(heads) == "none":
+        return None
+    path = Path(heads)
+    if not path.exists() and (zoo_dir() / str(heads) / CARD).is_file():
+        return zoo_dir() / str(heads)
+    return path
+
+
 class Drafter:
     """The heads at decode time: `draft(hidden)` → the K tokens they guess after the model's next token.
     Their output layer is an int8 copy of the model's: a guess need not be exact (verification decides),

@@ -577,8 +577,10 @@ class Engine:
     ) -> Engine:
         """An engine over any model reference (see the module docstring); loads offline. `prompt_lookup`:
         the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
-        default PROMPT_LOOKUP, 0 for int8. `draft_heads`: a directory of `generate.draft` heads made for
-        this model, whose guesses a lone greedy request verifies when prompt lookup finds nothing."""
+        default PROMPT_LOOKUP, 0 for int8. `draft_heads`: `generate.draft` heads made for this model (a
+        directory, or the name of heads pycodegen ships), whose guesses a lone greedy request verifies
+        when prompt lookup finds nothing; default: the heads shipped for `ref` if any (not for int8);
+        "none": off."""
         from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, model_path, resolve_model
 
         if threads:
@@ -603,8 +605,11 @@ class Engine:
         engine = cls.for_model(
             model, tokenizer, name=ref, card=card, max_batch=max_batch, prompt_lookup=prompt_lookup
         )
-        if draft_heads is not None:
-            engine.use_draft_heads(Path(draft_heads), concrete)
+        from pycodegen.generate.draft import resolve_heads
+
+        heads = resolve_heads(ref, draft_heads, explicit_ok=concrete != "int8")
+        if heads is not None:
+            engine.use_draft_heads(heads, concrete)
         return engine
 
     def use_draft_heads(self, path: Path, dtype: str = "fp32") -> None:
