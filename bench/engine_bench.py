@@ -3,14 +3,16 @@ transformers' own continuous batching (`generate_batch`), measured in one run on
 dtype and threads.
 
     PYTHONPATH=src python bench/engine_bench.py [--model smollm2-135m-instruct] [--tokens 64] [--threads 2]
-        [--prompt-lookup 2]
+        [--prompt-lookup 2] [--draft-heads DIR]
 
 Prints single-stream decode tokens/s (greedy, a fixed number of new tokens: end-of-sequence ignored), the
 8-request aggregate, the ratios the issue asks for (engine single stream / generate() ≥ 1.5; 8 requests
 aggregate / single stream ≥ 3), the int8 and bf16 variants, and the memory-bandwidth bound (the bytes of
 weights read per token at the measured copy bandwidth). Prompt-lookup speculative decoding (Saxena 2023)
 is measured both ways: the engine's (`--prompt-lookup K` draft tokens at most, with its acceptance rate)
-and plain `generate(..., prompt_lookup_num_tokens=K)`, what a transformers user would pick instead. A
+and plain `generate(..., prompt_lookup_num_tokens=K)`, what a transformers user would pick instead; with
+draft heads (`--draft-heads`, default: those pycodegen ships for the model) the engine's single stream
+is also measured with the heads alone and with prompt lookup + heads (its default). A
 shared machine makes every figure noisy: the ratios are measured seconds apart in the same process, so
 they suffer less than the absolute rates.
 """

@@ -11,7 +11,7 @@ otherwise a plain 32-token /v1/completions request on the embedded model, and th
 
     python bench/serve_bench.py [--model smollm2-135m-instruct] [--clients 1,4,8,16] [--requests 3]
         [--max-tokens 64] [--max-batch 16] [--dtype auto] [--threads 1] [--fim-model CHECKPOINT]
-        [--editor-requests 20] [--prompt-lookup K]
+        [--editor-requests 20] [--prompt-lookup K] [--draft-heads DIR|none]
 
 `--prompt-lookup K` is passed to the server (prompt-lookup speculative decoding for a lone greedy request:
 the 1-client level and the editor requests; 0 = off); without it the server's default applies.
@@ -57,7 +57,13 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    model: str, max_batch: int, dtype: str, max_tokens: int, threads: int, lookup: int | None = None
+    model: str,
+    max_batch: int,
+    dtype: str,
+    max_tokens: int,
+    threads: int,
+    lookup: int | None = None,
+    heads: str | None = None,
 ) -> Iterator[int]:
     """`pycodegen serve MODEL` on a free loopback port, until the block ends (SIGTERM)."""
     port = free_port()
@@ -82,6 +88,7 @@ def server(
         "--threads",
         str(threads),
         *(["--prompt-lookup", str(lookup)] if lookup is not None else []),
+        *(["--draft-heads", heads] if heads is not None else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -217,12 +224,16 @@ def main() -> None:
     parser.add_argument(
         "--prompt-lookup", type=int, default=None, help="Server's --prompt-lookup (default: its own)."
     )
+    parser.add_argument(
+        "--draft-heads", default=None, help="Server's --draft-heads ('none' = off; default: its own)."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     print(
         f"# serve_bench: {args.model}, dtype {args.dtype}, {args.threads} thread(s), "
         f"prompt lookup {'server default' if args.prompt_lookup is None else args.prompt_lookup}, "
+        f"draft heads {args.draft_heads or 'server default'}, "
         f"max batch {args.max_batch}, "
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"{args.requests} requests × {args.max_tokens} "
@@ -230,7 +241,13 @@ def main() -> None:
     )
     figures: dict[str, Any] = {"levels": []}
     with server(
-        args.model, args.max_batch, args.dtype, args.max_tokens, args.threads, args.prompt_lookup
+        args.model,
+        args.max_batch,
+        args.dtype,
+        args.max_tokens,
+        args.threads,
+        args.prompt_lookup,
+        args.draft_heads,
     ) as port:
         streamed(port, "/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 4})  # warm-up
         print(
@@ -252,7 +269,9 @@ def main() -> None:
             editor = editor_latency(port, False, args.editor_requests)
             how = f"plain 32-token /v1/completions on {args.model} (no FIM checkpoint given: --fim-model)"
     if args.fim_model is not None:
-        with server(args.fim_model, args.max_batch, args.dtype, 32, args.threads, args.prompt_lookup) as port:
+        with server(
+            args.fim_model, args.max_batch, args.dtype, 32, args.threads, args.prompt_lookup, args.draft_heads
+        ) as port:
             streamed(port, "/infill", {"input_prefix": "x", "input_suffix": "y", "n_predict": 2})  # warm-up
             editor = editor_latency(port, True, args.editor_requests)
             how = f"32-token /infill on {args.fim_model}"

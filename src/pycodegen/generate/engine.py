@@ -12,7 +12,8 @@ concatenated onto the batch's; a row that finishes or is cancelled is dropped fr
 that are padding in every remaining row are trimmed. Each step then feeds every row's last token at
 once. Sampling is per row with the request's own seeded `torch.Generator`, so a seeded request samples
 the same text whatever else is in the batch. A greedy request decoding alone drafts tokens from its own
-text and verifies them in one pass (prompt lookup, `Engine._draft`): the same tokens, fewer passes. The
+text and verifies them in one pass (prompt lookup, `Engine._draft`), or where there is nothing to look up
+takes the model's draft heads' guesses (`generate.draft`): the same tokens, fewer passes. The
 char-RNN runs the same loop over its recurrent state; the encoder-decoders (hf-seq2seq, the from-scratch
 seq2seq) decode a request whole with their beam search.
 
@@ -56,6 +57,7 @@ DTYPES = ("auto", "fp32", "bf16", "int8")
 # Not for int8: dynamic quantization gives all rows of a pass one activation scale, so verifying a draft
 # changes the row's arithmetic and its greedy text (16 of 16 bench prompts differed): off unless asked.
 PROMPT_LOOKUP = 2
+LOOKUP_SHORTEST_WITH_HEADS = 2  # the shortest n-gram match prompt lookup takes over draft heads' guesses
 
 
 class EngineError(PycodegenError):
@@ -941,7 +943,9 @@ class Engine:
             room = min(room, backend.max_len - stream.prompt_tokens - len(choice.ids) - 1)
         lookup = min(room, self.prompt_lookup, choice.draft_size)
         if lookup > 0:
-            draft = lookup_draft([*stream.prompt_ids, *choice.ids], lookup)
+            # with the heads' guesses at hand, a lone repeated token is too weak a match to prefer
+            shortest = LOOKUP_SHORTEST_WITH_HEADS if choice.guess else 1
+            draft = lookup_draft([*stream.prompt_ids, *choice.ids], lookup, shortest=shortest)
             if draft:
                 return draft
         # Nothing to look up: the draft heads' guesses, where the model has them (generate.draft)
@@ -1180,10 +1184,11 @@ def _sample(logits: torch.Tensor, p: DecodeParams, generator: torch.Generator) -
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def lookup_draft(history: list[int], size: int, ngram: int = 3) -> list[int]:
+def lookup_draft(history: list[int], size: int, ngram: int = 3, shortest: int = 1) -> list[int]:
     """Up to `size` tokens that followed the most recent earlier occurrence of the last n-gram of
-    `history` (n = `ngram`, then shorter; prompt lookup decoding). The most recent occurrence, not the
-    first as transformers' `PromptLookupCandidateGenerator` takes: code repeats what it just wrote.
+    `history` (n = `ngram`, then shorter down to `shortest`; prompt lookup decoding). The most recent
+    occurrence, not the first as transformers' `PromptLookupCandidateGenerator` takes: code repeats what
+    it just wrote.
 
     >>> lookup_draft([1, 2, 3, 9, 1, 2, 3], 2)
     [9, 1]
@@ -1191,7 +1196,7 @@ def lookup_draft(history: list[int], size: int, ngram: int = 3) -> list[int]:
     []
     """
     end = len(history)
-    for n in range(min(ngram, end - 1), 0, -1):
+    for n in range(min(ngram, end - 1), shortest - 1, -1):
         tail = history[end - n :]
         for start in range(end - n - 1, -1, -1):  # an occurrence that ends before the tail does
             if history[start : start + n] == tail:
