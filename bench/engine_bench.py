@@ -11,8 +11,8 @@ aggregate / single stream ≥ 3), the int8 and bf16 variants, and the memory-ban
 weights read per token at the measured copy bandwidth). Prompt-lookup speculative decoding (Saxena 2023)
 is measured both ways: the engine's (`--prompt-lookup K` draft tokens at most, with its acceptance rate)
 and plain `generate(..., prompt_lookup_num_tokens=K)`, what a transformers user would pick instead; with
-draft heads (`--draft-heads`, default: those pycodegen ships for the model) the engine's single stream
-is also measured with the heads alone and with prompt lookup + heads (its default). A
+draft heads (`--draft-heads DIR_OR_NAME`) the engine's single stream is also measured with the heads
+alone and with prompt lookup + heads. A
 shared machine makes every figure noisy: the ratios are measured seconds apart in the same process, so
 they suffer less than the absolute rates.
 """
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument(
         "--draft-heads",
         default=None,
-        help="draft heads for the engine (a directory or shipped name; default: those shipped for the model)",
+        help="draft heads for the engine: a directory or a shipped name (smollm2-135m-instruct-draft)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
     parser.add_argument("--skip-library", action="store_true", help="skip transformers' generate_batch")
@@ -197,7 +197,7 @@ def main() -> None:
             f"{heads / base:.2f}x generate(), {heads / single:.2f}x engine without"
         )
         print(
-            f"engine single stream, prompt lookup {k} + draft heads (the default)  {both:7.1f} tok/s   "
+            f"engine single stream, prompt lookup {k} + draft heads  {both:7.1f} tok/s   "
             f"{both / base:.2f}x generate()  (target 1.5x); {head_stats['accepted']} of "
             f"{head_stats['drafted']} drafts accepted, {head_stats['steps']} passes for {n - 1} tokens"
         )

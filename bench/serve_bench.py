@@ -225,7 +225,7 @@ def main() -> None:
         "--prompt-lookup", type=int, default=None, help="Server's --prompt-lookup (default: its own)."
     )
     parser.add_argument(
-        "--draft-heads", default=None, help="Server's --draft-heads ('none' = off; default: its own)."
+        "--draft-heads", default=None, help="Server's --draft-heads (a directory or shipped name)."
     )
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     args = parser.parse_args()

@@ -82,17 +82,24 @@ def test_cli_answers_trains_writes_its_card_and_resumes(tiny: Path, tmp_path: Pa
     Engine.load(str(tiny), draft_heads=out)  # the directory loads as heads for this model
 
 
-def test_shipped_heads_are_the_default_for_their_zoo_model_only(
+def test_heads_resolve_by_directory_or_shipped_name_and_are_off_by_default(
     heads_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pycodegen.generate.draft import resolve_heads
+    from pycodegen.zoo import zoo_dir
 
+    assert (zoo_dir() / "smollm2-135m-instruct-draft" / "draft_heads.json").is_file()  # in the package
     monkeypatch.setenv("PYCODEGEN_ZOO_DIR", str(tmp_path))
-    assert resolve_heads("smollm2-135m-instruct", None) is None  # none shipped here yet
-    shutil.copytree(heads_dir, tmp_path / "smollm2-135m-instruct-draft")
-    assert resolve_heads("smollm2-135m-instruct", None) == tmp_path / "smollm2-135m-instruct-draft"
-    assert resolve_heads("smollm2-135m-instruct", None, explicit_ok=False) is None  # int8: not by default
-    assert resolve_heads("smollm2-135m-instruct", "none") is None
-    assert resolve_heads("some/local/dir", None) is None  # a path is no zoo name
-    assert resolve_heads("x", "smollm2-135m-instruct-draft") == tmp_path / "smollm2-135m-instruct-draft"
-    assert resolve_heads("x", str(heads_dir)) == heads_dir
+    shutil.copytree(heads_dir, tmp_path / "tiny-draft")
+    assert resolve_heads("tiny-draft") == tmp_path / "tiny-draft"
+    assert resolve_heads(str(heads_dir)) == heads_dir
+    assert resolve_heads(None) is None and resolve_heads("none") is None
+
+
+def test_shipped_heads_load_on_the_embedded_model_and_keep_its_text() -> None:
+    plain = Engine.load("smollm2-135m-instruct", prompt_lookup=0)
+    drafted = Engine.load("smollm2-135m-instruct", prompt_lookup=0, draft_heads="smollm2-135m-instruct-draft")
+    prompt = plain.format_prompt("Write a Python function that returns the largest of three numbers.")
+    params = DecodeParams(max_new_tokens=40)
+    assert texts(drafted, [prompt], params) == texts(plain, [prompt], params)
+    assert drafted.stats["accepted"] > 0 and drafted.stats["steps"] < plain.stats["steps"]

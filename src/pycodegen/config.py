@@ -248,8 +248,8 @@ class EngineOptions(StrictModel):
         None,
         description="Draft heads (`pycodegen draft-heads` OUT, or shipped heads' name) for speculative "
         "decoding where the prompt offers nothing to look up: a lone greedy request verifies their "
-        "guesses in one pass (same text); default: the heads pycodegen ships for the model, if any (not "
-        "with int8); 'none' = off.",
+        "guesses in one pass (same text); fp32/bf16 Llama-architecture models; "
+        "smollm2-135m-instruct-draft ships for the embedded model; default: none.",
     )
 
 

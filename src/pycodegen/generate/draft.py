@@ -88,21 +88,19 @@ def load_heads(path: Path, model: Any) -> tuple[DraftHeads, dict[str, Any]]:
     return heads.eval(), card
 
 
-SHIPPED_SUFFIX = "-draft"  # zoo_models/MODEL-draft/: the heads pycodegen ships for zoo model MODEL
 
 
-def resolve_heads(ref: str, heads: str | Path | None, explicit_ok: bool = True) -> Path | None:
-    """The heads directory an engine over model `ref` uses: `heads` as given (a directory, or the name of
-    shipped heads), None = the heads shipped for `ref` if there are any and `explicit_ok` (the engine can
-    use them), "none" = none."""
+def resolve_heads(heads: str | Path | None) -> Path | None:
+    """The heads directory `heads` names: a directory, or the name of heads pycodegen ships
+    (zoo_models/MODEL-draft); None or "none": no heads.
+
+    Not on by default, even for the model whose heads pycodegen ships: on the engine bench's chat
+    instruction they gave 1.30-1.36x the engine without, but through the server on code-completion
+    prompts, where prompt lookup already drafts, one client measured 38.0-38.8 tok/s with them against
+    37.0-41.0 without in separate runs (README "Measured · Engine"): no gain shown there."""
     from pycodegen.zoo import zoo_dir
 
-    if heads is None:
-        if Path(ref).name != ref:  # a path, not a zoo name: no shipped heads
-            return None
-        shipped = zoo_dir() / f"{ref}{SHIPPED_SUFFIX}"
-        return shipped if explicit_ok and (shipped / CARD).is_file() else None
-    if str(heads) == "none":
+    if heads is None or str(heads) == "none":
         return None
     path = Path(heads)
     if not path.exists() and (zoo_dir() / str(heads) / CARD).is_file():

@@ -581,8 +581,7 @@ class Engine:
         the most draft tokens a lone greedy request verifies per step (0 = off; `Engine._speculate`);
         default PROMPT_LOOKUP, 0 for int8. `draft_heads`: `generate.draft` heads made for this model (a
         directory, or the name of heads pycodegen ships), whose guesses a lone greedy request verifies
-        when prompt lookup finds nothing; default: the heads shipped for `ref` if any (not for int8);
-        "none": off."""
+        when prompt lookup finds nothing; default (None) and "none": off."""
         from pycodegen.zoo import checkpoint_card, load_causal_lm, materialize, model_path, resolve_model
 
         if threads:
@@ -609,7 +608,7 @@ class Engine:
         )
         from pycodegen.generate.draft import resolve_heads
 
-        heads = resolve_heads(ref, draft_heads, explicit_ok=concrete != "int8")
+        heads = resolve_heads(draft_heads)
         if heads is not None:
             engine.use_draft_heads(heads, concrete)
         return engine
