@@ -281,7 +281,7 @@ def export_main(cfg: Any) -> None:
 
 
 def draft_heads_main(cfg: Any) -> None:
-    from pycodegen.generate.draft import run_draft_heads
+    from pycodegen.generate.draft_run import run_draft_heads
 
     run_draft_heads(cfg, console)
 
