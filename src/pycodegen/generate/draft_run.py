@@ -32,7 +32,8 @@ def answer(
     report: Callable[[int, int], None] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, greedy answer ids) for each instruction, through the engine in batches; appended to
-    `out` as they come, and read back from it on a rerun (a killed run loses at most one batch)."""
+    `out` as they come, and read back from it on a rerun (a killed run loses at most one batch). Row i
+    answers instruction i: a different instruction list needs a fresh `out`."""
     from pycodegen.generate.engine import DecodeParams
     from pycodegen.jsonl import AppendLog, iter_jsonl
 
@@ -54,7 +55,7 @@ def answer(
             done.append((ids, list(choices[0].token_ids)))
         if report:
             report(len(done), len(instructions))
-    return done
+    return done[: len(instructions)]  # a rerun with a smaller --limit reads only its own
 
 
 def run_draft_heads(cfg: Any, console: Any) -> dict[str, Any]:

@@ -334,9 +334,9 @@ class CausalBackend(StepBackend):
         once (`_pack_for_onednn`): torch's default path for a Linear (MKL's sgemm) takes 3× as long for 8
         rows as for one on SmolLM2's 49,152 × 576 head (12.9 against 3.9 ms here, the weights not in
         cache), while the reordered weight takes 4.9 ms for 8 rows and the same 3.9-4.0 ms for one
-        (`bench/engine_bench.py`: 8 requests' aggregate 114 → 119 tok/s). The reorder is what inductor's
-        freezing does for a CPU Linear; done here without compiling, as the layers' own Linears lost with
-        it (one row: 143 against 115 µs for 1536 × 576)."""
+        (`bench/engine_bench.py`, quiet: 8 requests' aggregate 111.6 → 124.6 tok/s; README). The reorder
+        is what inductor's freezing does for a CPU Linear; done here without compiling, as the layers' own
+        Linears lost with it (one row: 143 against 115 µs for 1536 × 576)."""
         head = self.model.lm_head
         if self._packed_head is None:
             self._packed_head = _pack_for_onednn(head)
