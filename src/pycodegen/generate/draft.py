@@ -122,11 +122,9 @@ class Drafter:
         self.count = len(heads.blocks)
 
     @torch.no_grad()
-    def draft(self, hidden: torch.Tensor, count: int) -> list[int]:
-        """The first `count` heads' guesses from one position's hidden state (C,)."""
-        if count <= 0:
-            return []
-        x = self.heads(hidden.float()[None])[0, :count]  # (count, C)
+    def draft(self, hidden: torch.Tensor) -> list[int]:
+        """The heads' guesses (K tokens) from one position's hidden state (C,)."""
+        x = self.heads(hidden.float()[None])[0]  # (K, C)
         return self.output(x).argmax(-1).tolist()
 
 

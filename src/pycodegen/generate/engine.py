@@ -455,7 +455,8 @@ class _Choice:
     last: int = 0  # the token to feed next step
     finish: str | None = None
     draft_size: int = 2  # prompt lookup: draft tokens to propose next (grows while drafts are accepted)
-    guess: list[int] = field(default_factory=list)  # draft heads' tokens after `last` (generate.draft)
+    # the final-norm hidden state (C,) of the position whose argmax was `last`: the draft heads' input
+    hidden: torch.Tensor | None = None
 
 
 class Stream:
@@ -944,12 +945,15 @@ class Engine:
         lookup = min(room, self.prompt_lookup, choice.draft_size)
         if lookup > 0:
             # with the heads' guesses at hand, a lone repeated token is too weak a match to prefer
-            shortest = LOOKUP_SHORTEST_WITH_HEADS if choice.guess else 1
+            shortest = LOOKUP_SHORTEST_WITH_HEADS if choice.hidden is not None else 1
             draft = lookup_draft([*stream.prompt_ids, *choice.ids], lookup, shortest=shortest)
             if draft:
                 return draft
-        # Nothing to look up: the draft heads' guesses, where the model has them (generate.draft)
-        return choice.guess[: max(room, 0)]
+        # Nothing to look up: the draft heads' guesses, where the model has them (generate.draft); drawn
+        # only here, so a pass whose draft came from the prompt costs no heads
+        if choice.hidden is None or room <= 0:
+            return []
+        return backend.drafter.draft(choice.hidden)[:room]  # type: ignore[attr-defined]
 
     def _speculate(self, draft: list[int]) -> None:
         """Verify the one running row's last token + `draft` in one forward pass and deliver the tokens
@@ -980,20 +984,19 @@ class Engine:
         self._state = backend.crop(self._state, len(draft) - accepted)
 
     def _guess(self, position: int) -> None:
-        """After a pass: the draft heads' guesses for a lone greedy row's next pass, from the hidden state
-        at `position` of the pass (the one whose argmax the row just took); none for batched rows."""
+        """After a pass: keep, for a lone greedy row's next draft, the hidden state at `position` of the
+        pass (the one whose argmax the row just took); none for batched rows."""
         backend = self.backend
-        drafter = getattr(backend, "drafter", None)
-        if drafter is None:
+        if getattr(backend, "drafter", None) is None:
             return
         if len(self._choices) != 1 or self._choices[0].generator is not None:
             for choice in self._choices:
-                choice.guess = []
+                choice.hidden = None
             return
         choice = self._choices[0]
         hidden = backend.last_hidden  # type: ignore[union-attr]
         if choice.finish is None and hidden is not None:
-            choice.guess = drafter.draft(hidden[0, position], drafter.count)
+            choice.hidden = hidden[0, position]
 
     def _drop_cancelled(self) -> None:
         with self._lock:
