@@ -80,6 +80,42 @@ def test_greedy_alone_equals_batched_with_prompts_of_different_lengths(engine: E
     assert len(set(alone)) == len(alone) and all(alone)  # distinct, non-empty: the check can fail
 
 
+def test_the_step_gives_the_same_text_through_either_kernel(tiny: Path) -> None:
+    """The lean Llama step's Linears run through torch's default path or oneDNN, whichever
+    `_plan_kernels` timed faster on this CPU: both give the model's own logits and the same greedy text,
+    alone and batched."""
+    from pycodegen.generate.engine import _pack_for_onednn
+
+    engine = Engine.load(str(tiny), max_batch=8)
+    backend = engine.backend
+    assert backend.lean
+    params = DecodeParams(max_new_tokens=16)
+    planned = texts(engine, PROMPTS, params)
+    assert backend._kernels is not None  # timed on the first step
+    linears = [m for m in backend.model.modules() if type(m) is torch.nn.Linear]
+    assert len(linears) == 8  # 7 per layer + the output layer
+    backend._kernels = {}  # torch's default path for every Linear
+    assert texts(engine, PROMPTS, params) == planned
+    assert [texts(engine, [p], params)[0] for p in PROMPTS] == planned
+    backend._kernels = {id(m): (_pack_for_onednn(m), True, True) for m in linears}  # oneDNN for all
+    assert texts(engine, PROMPTS, params) == planned
+    assert [texts(engine, [p], params)[0] for p in PROMPTS] == planned
+    ids = torch.tensor([backend.encode(PROMPTS[0])])
+    with torch.no_grad():
+        want = backend.model(input_ids=ids).logits[0, -1]
+        _, state = backend.prefill(ids[0, :-1].tolist())
+        got, _ = backend.extend(state, ids[:, -1:])
+        torch.testing.assert_close(got[0, -1], want, rtol=1e-4, atol=1e-4)
+        # the plan's packed weight is what a planned Linear reads: an all-zero one gives zero logits
+        head = backend.model.lm_head
+        zero = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+        torch.nn.init.zeros_(zero.weight)
+        backend._kernels = {id(head): (_pack_for_onednn(zero), True, True)}
+        _, state = backend.prefill(ids[0, :-1].tolist())
+        got, _ = backend.extend(state, ids[:, -1:])
+    assert not got.any()
+
+
 def test_load_started_loads_in_the_thread_that_decodes(tiny: Path, engine: Engine) -> None:
     import threading
 

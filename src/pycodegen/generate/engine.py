@@ -222,7 +222,7 @@ class CausalBackend(StepBackend):
         self.start_id = int(start) if start is not None else 0
         # Llama-architecture models (the embedded SmolLM2) decode through `_llama_step`; others (GPT-2,
         # PEFT-wrapped models, other attention implementations) through the model's own forward.
-        self._packed_head: Any = None
+        self._kernels: dict[int, tuple[Any, bool, bool]] | None = None  # `_plan_kernels`, on first use
         self.drafter: Any = None  # generate.draft.Drafter: draft heads, where loaded
         self.last_hidden: torch.Tensor | None = None  # the last Llama step's final-norm states (B, T, C)
         self.lean = (
@@ -309,12 +309,30 @@ class CausalBackend(StepBackend):
             width = kv.mask.shape[1]
             causal = torch.ones(count, width, dtype=torch.bool, device=ids.device).tril(width - count)
             keep = keep & causal  # (B, 1, T, L)
+        if self._kernels is None:  # timed in the thread that decodes, on the weights it will read
+            self._kernels = _plan_kernels(
+                [
+                    m
+                    for layer in decoder.layers
+                    for m in (
+                        layer.self_attn.q_proj,
+                        layer.self_attn.k_proj,
+                        layer.self_attn.v_proj,
+                        layer.self_attn.o_proj,
+                        layer.mlp.gate_proj,
+                        layer.mlp.up_proj,
+                        layer.mlp.down_proj,
+                    )
+                ]
+                + [self.model.lm_head]
+            )
+        linear = self._linear
         for layer, cached in zip(decoder.layers, kv.cache.layers, strict=True):
-            attn = layer.self_attn
+            attn, mlp = layer.self_attn, layer.mlp
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
-            k = attn.k_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-            v = attn.v_proj(h).view(batch, count, -1, attn.head_dim).transpose(1, 2)
+            q = linear(attn.q_proj, h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = linear(attn.k_proj, h).view(batch, count, -1, attn.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+            v = linear(attn.v_proj, h).view(batch, count, -1, attn.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             cached.keys = torch.cat([cached.keys, k], dim=2)  # (B, Hkv, L, D)
@@ -322,27 +340,24 @@ class CausalBackend(StepBackend):
             y = F.scaled_dot_product_attention(
                 q, cached.keys, cached.values, attn_mask=keep, scale=attn.scaling, enable_gqa=True
             )  # (B, H, T, D)
-            x = x + attn.o_proj(y.transpose(1, 2).reshape(batch, count, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + linear(attn.o_proj, y.transpose(1, 2).reshape(batch, count, -1))
+            h = layer.post_attention_layernorm(x)
+            x = x + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, h)) * linear(mlp.up_proj, h))
         x = decoder.norm(x)
         if self.drafter is not None:
             self.last_hidden = x
-        return self._head(x).float()  # (B, T, V)
+        return linear(self.model.lm_head, x).float()  # (B, T, V)
 
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        """The output layer (B, T, C) -> (B, T, V). In fp32 on CPU through oneDNN with its weight reordered
-        once (`_pack_for_onednn`): torch's default path for a Linear (MKL's sgemm) takes 3× as long for 8
-        rows as for one on SmolLM2's 49,152 × 576 head (12.9 against 3.9 ms here, the weights not in
-        cache), while the reordered weight takes 4.9 ms for 8 rows and the same 3.9-4.0 ms for one
-        (`bench/engine_bench.py`, quiet: 8 requests' aggregate 111.6 → 124.6 tok/s; README). The reorder
-        is what inductor's freezing does for a CPU Linear; done here without compiling, as the layers' own
-        Linears lost with it (one row: 143 against 115 µs for 1536 × 576)."""
-        head = self.model.lm_head
-        if self._packed_head is None:
-            self._packed_head = _pack_for_onednn(head)
-        if self._packed_head is False:
-            return head(x)
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed_head, head.bias, "none", [], "")
+    def _linear(self, module: Any, x: torch.Tensor) -> torch.Tensor:
+        """`module(x)` for a Linear (B, T, C), through the kernel `_plan_kernels` timed faster for this
+        weight's shape and this many rows (one, or several: a batch or a verification pass)."""
+        plan = self._kernels.get(id(module)) if self._kernels else None
+        if plan is None:
+            return module(x)
+        packed, for_one, for_many = plan
+        if for_many if x.shape[0] * x.shape[1] > 1 else for_one:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+        return module(x)
 
     def select(self, state: _KV, rows: list[int]) -> _KV:
         index = torch.tensor(rows, device=self.device)
@@ -374,17 +389,71 @@ class CausalBackend(StepBackend):
 
 def _pack_for_onednn(linear: Any) -> Any:
     """`linear`'s weight reordered for oneDNN's matmul, for up to 8 rows a call (False where that does not
-    apply: not an fp32 CPU weight, or torch built without oneDNN). It is a copy: built once per backend,
-    whose model's weights do not change while it decodes."""
+    apply: not an fp32 or bf16 CPU weight of a plain Linear, or torch built without oneDNN). It is a copy:
+    built once per backend, whose model's weights do not change while it decodes."""
     weight = getattr(linear, "weight", None)
     if (
-        not isinstance(weight, torch.Tensor)
+        type(linear) is not torch.nn.Linear
+        or not isinstance(weight, torch.Tensor)
         or weight.device.type != "cpu"
-        or weight.dtype != torch.float32
+        or weight.dtype not in (torch.float32, torch.bfloat16)
         or not torch.backends.mkldnn.is_available()
     ):
         return False
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
+
+
+KERNEL_ROWS = (1, 4)  # the rows `_plan_kernels` times: one (a lone stream's step) and several
+
+
+def _plan_kernels(linears: list[Any], repeats: int = 3) -> dict[int, tuple[Any, bool, bool]]:
+    """For each Linear of a decode step: its weight reordered for oneDNN and whether that path is the
+    faster for one row and for several (`CausalBackend._linear`), timed here on the model's own weights;
+    Linears where torch's default path wins both ways are left out (no copy kept).
+
+    Why time it: which kernel wins depends on the CPU. torch's default CPU Linear is MKL's sgemm/sgemv,
+    whose fast paths are Intel's. On the machine of 2026-11-27/28 (CPU model not recorded) MKL was the
+    faster for one row (115 against 143 µs for SmolLM2's 1536 × 576) and oneDNN for several (the 49,152
+    × 576 output layer, 8 rows: 4.9 against 12.9 ms); on an AMD EPYC (Zen 4) on 2026-11-28 oneDNN was
+    about twice as fast for one row as well (168 against 355 µs; README "Measured · Engine"). Each shape
+    is timed over all its layers' weights in turn, so the weights come
+    from memory as they do while decoding, best of `repeats`; about 0.1 s per shape."""
+    groups: dict[tuple[int, int, torch.dtype], list[Any]] = {}
+    for module in linears:
+        if type(module) is torch.nn.Linear:
+            key = (module.out_features, module.in_features, module.weight.dtype)
+            groups.setdefault(key, []).append(module)
+    plan: dict[int, tuple[Any, bool, bool]] = {}
+    for (_, width, dtype), group in groups.items():
+        packed = [_pack_for_onednn(m) for m in group]
+        if any(p is False for p in packed):
+            continue
+        wins = [
+            _onednn_faster(group, packed, torch.randn(1, rows, width).to(dtype), repeats)
+            for rows in KERNEL_ROWS
+        ]
+        if any(wins):
+            for module, weight in zip(group, packed, strict=True):
+                plan[id(module)] = (weight, wins[0], wins[1])
+    return plan
+
+
+def _onednn_faster(group: list[Any], packed: list[Any], x: torch.Tensor, repeats: int) -> bool:
+    """Whether `x` through every Linear of `group` in turn is faster by oneDNN (`packed` weights) than by
+    torch's default path: best of `repeats` alternated rounds, after one to warm up."""
+    import time
+
+    best = [float("inf"), float("inf")]
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for module in group:
+            module(x)
+        best[0] = min(best[0], time.perf_counter() - start)
+        start = time.perf_counter()
+        for module, weight in zip(group, packed, strict=True):
+            torch.ops.mkldnn._linear_pointwise(x, weight, module.bias, "none", [], "")
+        best[1] = min(best[1], time.perf_counter() - start)
+    return best[1] < best[0]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
