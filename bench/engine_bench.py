@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import torch
+from serve_bench import cpu_model  # this directory is on the path of a script run from it
 
 from pycodegen.generate.engine import PROMPT_LOOKUP, DecodeParams, Engine
 
@@ -145,7 +146,10 @@ def main() -> None:
     n = args.tokens
     engine_rate(engine, prompts[:1], 4)  # warm-up: first-call allocations
     plain_generate(model, tokenizer, prompts[0], 4)
-    print(f"model {args.model}, {n} new tokens per request, {args.threads} threads, fp32 unless said")
+    print(
+        f"model {args.model}, {n} new tokens per request, {args.threads} threads, fp32 unless said; "
+        f"CPU {cpu_model()}"
+    )
     # Alternated, best of `repeats` each: a burst of load from elsewhere hits both sides alike.
     k = args.prompt_lookup
     runs: dict[str, list[float]] = {
@@ -156,6 +160,7 @@ def main() -> None:
         "gen_lookup": [],
         "heads": [],
         "both": [],
+        "default_kernels": [],
     }
     head_stats: dict[str, int] = {}
     for _ in range(args.repeats):
@@ -166,6 +171,10 @@ def main() -> None:
         runs["lookup"].append(engine_rate(engine, prompts[:1], n, lookup=k))
         drafted, accepted, passes = (engine.stats[s] - before[s] for s in ("drafted", "accepted", "steps"))
         runs["gen_lookup"].append(plain_generate(model, tokenizer, prompts[0], n, lookup=k))
+        plan = engine.backend._kernels  # type: ignore[union-attr]
+        engine.backend._kernels = {}  # type: ignore[union-attr]  # torch's default Linear everywhere
+        runs["default_kernels"].append(engine_rate(engine, prompts[:1], n, lookup=k))
+        engine.backend._kernels = plan  # type: ignore[union-attr]
         if drafter is not None:
             runs["heads"].append(engine_rate(engine, prompts[:1], n, drafter=drafter))
             before = dict(engine.stats)
@@ -189,6 +198,16 @@ def main() -> None:
     print(
         f"generate(prompt_lookup_num_tokens={k})    {gen_lookup:7.1f} tok/s   {gen_lookup / base:.2f}x "
         f"generate(); the engine's is {lookup / gen_lookup:.2f}x it"
+    )
+    plan = engine.backend._kernels or {}  # type: ignore[union-attr]
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    one = sum(1 for m in linears if plan.get(id(m), (None, False))[1])
+    many = sum(1 for m in linears if plan.get(id(m), (None, False, False))[2])
+    default_kernels = max(runs["default_kernels"])
+    print(
+        f"kernels timed at load: oneDNN for {one} of {len(linears)} Linears at one row, {many} at several; "
+        f"with torch's default for all, prompt lookup {k}: {default_kernels:.1f} tok/s "
+        f"({lookup / default_kernels:.2f}x for the choice)"
     )
     if drafter is not None:
         heads, both = max(runs["heads"]), max(runs["both"])

@@ -23,7 +23,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -47,6 +46,17 @@ PROMPTS = [
     "def celsius_to_fahrenheit(c):\n    ",
     "def flatten(nested):\n    ",
 ]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the machine type."""
+    import platform
+
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def free_port() -> int:
@@ -235,7 +245,7 @@ def main() -> None:
         f"prompt lookup {'server default' if args.prompt_lookup is None else args.prompt_lookup}, "
         f"draft heads {args.draft_heads or 'server default'}, "
         f"max batch {args.max_batch}, "
-        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{os.cpu_count()} cores ({cpu_model()}), "
         f"{args.requests} requests × {args.max_tokens} "
         "tokens per client, greedy, loopback"
     )
