@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from test_train import QUIET, char_cfg, char_dataset, functions  # noqa: F401 (a
 from pycodegen.config import TrainConfig
 from pycodegen.errors import ConfigError
 from pycodegen.train.callbacks import TrainCallback
-from pycodegen.train.loop import STATE_DIR, make_scheduler, train
+from pycodegen.train.loop import STATE_DIR, grouped_by_length, make_scheduler, train
 
 
 @pytest.fixture(scope="module")
@@ -425,3 +426,50 @@ def test_resume_drops_a_torn_metrics_line(chars: Path, tmp_path: Path) -> None:
         fh.write('{"step": 5, "lo')
     train(char_cfg(chars, run, max_steps=6, save_every=2, schedule="constant", resume=True), QUIET)
     assert [r["step"] for r in rows(run) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_group_by_length_batches_similar_lengths_and_keeps_every_example() -> None:
+    rng = random.Random(1)
+    lengths = [rng.randint(10, 700) for _ in range(1_003)]
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+
+    def padded(o: list[int]) -> int:
+        return sum(max(lengths[i] for i in o[k : k + 4]) * 4 for k in range(0, len(o) - 3, 4))
+
+    grouped = grouped_by_length(list(order), lengths, 4, random.Random(2))
+    assert sorted(grouped) == list(range(len(lengths)))
+    assert grouped[-3:] == order[-3:]  # the ragged tail stays last, where the loop drops it
+    assert padded(grouped) < 1.05 * sum(lengths[i] for i in grouped[:-3])
+    assert padded(order) > 1.3 * padded(grouped)
+    batches = [grouped[k : k + 4] for k in range(0, 1_000, 4)]
+    assert sorted(batches, key=lambda b: b[0]) != batches  # the batches themselves are still shuffled
+
+
+def test_a_length_grouped_run_resumes_exactly(functions: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The grouped order is a pure function of (seed, epoch), like the plain one: a resumed run sees the
+    same batches as an uninterrupted one, and those batches are not the ungrouped run's."""
+
+    def cfg(out: Path, steps: int, group: bool = True, **kw: Any) -> TrainConfig:
+        return TrainConfig(
+            family="hf-causal",
+            data=functions,
+            out=out,
+            model="new:gpt2",
+            max_steps=steps,
+            batch_size=3,
+            lr=3e-3,
+            schedule="constant",
+            log_every=1,
+            save_every=2,
+            group_by_length=group,
+            model_args={"n_layer": 1, "n_embd": 32, "n_head": 2},
+            **kw,
+        )
+
+    train(cfg(tmp_path / "whole", 6), QUIET)
+    train(cfg(tmp_path / "plain", 6, group=False), QUIET)
+    train(cfg(tmp_path / "parts", 4), QUIET)
+    train(cfg(tmp_path / "parts", 6, resume=True), QUIET)
+    loss = [[r["loss"] for r in rows(tmp_path / run) if "loss" in r] for run in ("whole", "parts", "plain")]
+    assert len(loss[0]) == 6 and loss[1] == loss[0] and loss[2] != loss[0]

@@ -415,6 +415,11 @@ class OptimConfig(StrictModel):
     clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    group_by_length: bool = Field(
+        False,
+        description="Batch examples of similar length together (within windows of 64 batches, batch "
+        "order still shuffled): less padding, so faster steps when lengths vary.",
+    )
 
 
 class LoopConfig(StrictModel):

@@ -171,6 +171,27 @@ def is_better(metric: str, higher: bool, candidate: dict[str, float], best: dict
     return mine > theirs
 
 
+GROUP_WINDOW = 64  # batches sorted together by group_by_length: wide enough to find similar lengths,
+# narrow enough that an epoch still mixes short and long examples from across the data
+
+
+def grouped_by_length(order: list[int], lengths: list[int], per_step: int, rng: random.Random) -> list[int]:
+    """`order` regrouped so that each consecutive run of `per_step` examples has similar lengths (HF
+    Trainer's `group_by_length` idea; its sampler lives inside `Trainer`, which this loop does not use).
+
+    Windows of GROUP_WINDOW batches are sorted by length and cut into batches, and the batches are shuffled;
+    the ragged tail (fewer than `per_step`) stays last, where `micro_batches` drops it, so every batch is
+    aligned to a multiple of `per_step`."""
+    full = len(order) - len(order) % per_step
+    window = per_step * GROUP_WINDOW
+    batches = []
+    for start in range(0, full, window):
+        chunk = sorted(order[start : min(start + window, full)], key=lambda i: -lengths[i])
+        batches += [chunk[k : k + per_step] for k in range(0, len(chunk), per_step)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch] + order[full:]
+
+
 class Trainer:
     """Runs one training configuration; `run()` returns a summary (also in OUT/summary.json)."""
 
@@ -243,7 +264,12 @@ class Trainer:
     def order(self, epoch: int) -> list[int]:
         """The example order of an epoch: a pure function of (seed, epoch), so resuming needs no state."""
         order = list(range(len(self.train_examples)))
-        random.Random(self.cfg.seed * 1_000_003 + epoch).shuffle(order)
+        rng = random.Random(self.cfg.seed * 1_000_003 + epoch)
+        rng.shuffle(order)
+        if self.cfg.group_by_length:
+            per_step = self.cfg.batch_size * self.accelerator.num_processes
+            lengths = [max(len(v) for v in example.values()) for example in self.train_examples]
+            order = grouped_by_length(order, lengths, per_step, rng)
         return order
 
     def micro_batches(self, epoch: int, position: int) -> tuple[list[dict[str, torch.Tensor]], int, int]:
