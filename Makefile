@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/prepare_bench.py
 	$(PY) bench/executor_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/group_bench.py
 	$(PY) bench/engine_bench.py
 	$(PY) bench/serve_bench.py
 
