@@ -383,6 +383,28 @@ def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(t
     assert found["pass@1"] == pytest.approx(1 / 6)  # the samples as drawn
     report = (out / "report.md").read_text()
     assert "| best_of_3_pass@1 | 0.5000 |" in report and "chosen by examples in 1 task" in report
+    # Each problem's pick is kept, so that `report` can pair the selection with another run per problem.
+    picks = {r["task_id"]: r for r in jsonl.read_jsonl(out / "best_of.jsonl")}
+    assert picks[close.task_id] | {"task_id": 0} == {
+        "task_id": 0,
+        "sample_index": 1,
+        "passed_examples": True,
+        "passed": True,
+    }
+    assert picks[truncate.task_id]["sample_index"] == 1 and picks[truncate.task_id]["passed"] is False
+    first = tmp_path / "first"  # each problem's first sample alone, as a greedy run would answer
+    run_cli(
+        "evaluate",
+        str(write_jsonl(tmp_path / "f.jsonl", [rows[0], rows[3]])),
+        "--problems",
+        str(problems_file),
+        "--out",
+        str(first),
+    )
+    paired = run_cli("report", str(first), str(out), "--allow-mismatch")
+    assert paired.returncode == 0, paired.stderr
+    section = paired.stdout.split("## Paired per-problem comparison (selection by execution)")[1]
+    assert "2 problems: 1 win, 0 losses, 1 tie" in section
     too_many = run_cli(
         "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--best-of", "4"
     )

@@ -77,6 +77,15 @@ def select_index(candidates: list[tuple[bool | None, float | None]]) -> int:
     return max(pool, key=lambda i: (lp if (lp := candidates[i][1]) is not None else -math.inf, -i))
 
 
+def best_of_picks(samples: dict[str, list[tuple[bool | None, float | None, bool]]], n: int) -> dict[str, int]:
+    """{task: the position (in sample order) of the sample `best_of_pass_at_1` picks among the first `n`}.
+
+    >>> best_of_picks({"a": [(False, -0.1, False), (True, -0.9, True)], "b": [(None, -0.3, True)]}, n=2)
+    {'a': 1, 'b': 0}
+    """
+    return {task: select_index([(e, lp) for e, lp, _ in results[:n]]) for task, results in samples.items()}
+
+
 def best_of_pass_at_1(
     samples: dict[str, list[tuple[bool | None, float | None, bool]]], n: int
 ) -> dict[str, float | int]:
@@ -94,12 +103,9 @@ def best_of_pass_at_1(
     ... }, n=3)
     {'best_of_3_pass@1': 0.3333333333333333, 'best_of': 3, 'tasks_selected_by_examples': 1}
     """
-    scores, by_examples = [], 0
-    for results in samples.values():
-        head = results[:n]
-        by_examples += any(e for e, _, _ in head)
-        best = select_index([(e, lp) for e, lp, _ in head])
-        scores.append(float(head[best][2]))
+    picks = best_of_picks(samples, n)
+    scores = [float(samples[task][best][2]) for task, best in picks.items()]
+    by_examples = sum(any(e for e, _, _ in results[:n]) for results in samples.values())
     return {
         f"best_of_{n}_pass@1": float(np.mean(scores)) if scores else 0.0,
         "best_of": n,

@@ -13,6 +13,8 @@ from pycodegen.errors import DataError, PycodegenError
 
 # Run-card entries that must agree for two runs' numbers to be comparable.
 COMPARED = ("benchmark", "problems", "prompt_mode", "decoding")
+# `evaluate --best-of N`: per problem, the sample the selection picked and its verdicts (score.py writes it).
+BEST_OF_FILE = "best_of.jsonl"
 
 
 def scored_text(card: dict[str, Any]) -> str:
@@ -146,6 +148,17 @@ def per_problem(run: Path) -> dict[str, float]:
     return {task: sum(v) / len(v) for task, v in passed.items()}
 
 
+def selected(run: Path) -> dict[str, float] | None:
+    """{task_id: 1.0 if the sample `--best-of` picked passed, else 0.0} of an evaluation run, from
+    OUT/best_of.jsonl; None for a run scored without `--best-of`."""
+    from pycodegen.jsonl import read_jsonl
+
+    path = (run if run.is_dir() else run.parent) / BEST_OF_FILE
+    if not path.is_file():
+        return None
+    return {row["task_id"]: float(bool(row["passed"])) for row in read_jsonl(path)}
+
+
 def paired_sentence(label: str, result: dict[str, Any]) -> str:
     """One line of markdown for a paired per-problem comparison.
 
@@ -182,6 +195,22 @@ def paired_section(runs: list[tuple[str, Path]]) -> list[str]:
         "Per problem, the share of samples that passed; a win is a problem the second run does better on. "
         "The sign test drops ties; with few problems, only large differences can leave the noise.",
     ]
+    picked = {path: selected(path) for _, path in runs}
+    if any(v is not None for v in picked.values()):
+        scores = {path: v if v is not None else per_problem(path) for path, v in picked.items()}
+        lines += ["", "## Paired per-problem comparison (selection by execution)", ""]
+        for label, path in runs[1:]:
+            result = paired_comparison(scores[first], scores[path])
+            lines.append(
+                paired_sentence(f"{label} vs {first_label}", result).replace(
+                    "pass@1 difference", "difference"
+                )
+            )
+        lines += [
+            "",
+            "A run scored with `--best-of N` counts the sample its selection picked (passed or not); any "
+            "other run counts as above (for a greedy run, its one answer).",
+        ]
     return lines
 
 

@@ -25,7 +25,7 @@ from pycodegen.config import EvaluateConfig, ExecutorConfig
 from pycodegen.console import plural, progress
 from pycodegen.errors import DataError, PycodegenError
 from pycodegen.evaluate.programs import example_job_for, generated_code, job_for
-from pycodegen.evaluate.report import render_report
+from pycodegen.evaluate.report import BEST_OF_FILE, render_report
 from pycodegen.generate.samples import generate_samples, meta_path, read_samples
 from pycodegen.jsonl import AppendLog, parse_lines, read_text, write_json, write_jsonl
 from pycodegen.sandbox.executor import OUTCOMES, Executor, Job, Limits, Verdict
@@ -37,6 +37,7 @@ Key = tuple[str, int]
 # The judge's design version: verdicts decided by another design (issue 11 split the program from the
 # checker) are re-run, never reused, on resume.
 JUDGE = "checker-rpc-1"
+PICKS = "_best_of_picks"  # compute_metrics' per-task choice, written to BEST_OF_FILE, not to results.json
 
 
 def fingerprint(job: Job) -> str:
@@ -165,6 +166,10 @@ def compute_metrics(
             )
         result.update(metrics.best_of_pass_at_1(selection, best_of))
         result["select"] = "examples"
+        result[PICKS] = {
+            task_id: by_task[task_id][best]
+            for task_id, best in metrics.best_of_picks(selection, best_of).items()
+        }
     outcomes = Counter(verdicts[(s["task_id"], s["sample_index"])]["outcome"] for s in samples)
     result["outcomes"] = {o: 0 for o in OUTCOMES} | dict(outcomes)
     # Text metrics: the first sample of each task (the greedy answer when n = 1), what the model wrote
@@ -304,6 +309,21 @@ def score_samples(
     result_metrics = compute_metrics(
         problems, samples, verdict_log.verdicts, examples, settings.encoder, settings.best_of
     )
+    picks = result_metrics.pop(PICKS, None)
+    (out / BEST_OF_FILE).unlink(missing_ok=True)  # a rescore without --best-of leaves no stale choice
+    if picks is not None:
+        write_jsonl(
+            out / BEST_OF_FILE,
+            [
+                {
+                    "task_id": task_id,
+                    "sample_index": row["sample_index"],
+                    "passed_examples": examples.get((task_id, row["sample_index"]), {}).get("passed"),
+                    "passed": bool(verdict_log.verdicts[(task_id, row["sample_index"])]["passed"]),
+                }
+                for task_id, row in picks.items()
+            ],
+        )
     scored = problem_set([s["task_id"] for s in samples], len(problem_list), settings.limit)
     results = {
         "metrics": result_metrics,
