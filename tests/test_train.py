@@ -439,7 +439,7 @@ def test_ddp_on_two_processes_matches_one(chars: Path, tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.returncode == 0, two.stderr  # whole: the failing rank's traceback is not always last
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
 
 
