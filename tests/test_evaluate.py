@@ -385,15 +385,15 @@ def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(t
     assert "| best_of_3_pass@1 | 0.5000 |" in report and "chosen by examples in 1 task" in report
     # Each problem's pick is kept, so that `report` can pair the selection with another run per problem.
     picks = {r["task_id"]: r for r in jsonl.read_jsonl(out / "best_of.jsonl")}
-    assert picks[close.task_id] | {"task_id": 0} == {
-        "task_id": 0,
+    assert picks[close.task_id] == {
+        "task_id": close.task_id,
         "sample_index": 1,
         "passed_examples": True,
         "passed": True,
     }
     assert picks[truncate.task_id]["sample_index"] == 1 and picks[truncate.task_id]["passed"] is False
     first = tmp_path / "first"  # each problem's first sample alone, as a greedy run would answer
-    run_cli(
+    greedy = run_cli(
         "evaluate",
         str(write_jsonl(tmp_path / "f.jsonl", [rows[0], rows[3]])),
         "--problems",
@@ -401,6 +401,7 @@ def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(t
         "--out",
         str(first),
     )
+    assert greedy.returncode == 0, greedy.stderr
     paired = run_cli("report", str(first), str(out), "--allow-mismatch")
     assert paired.returncode == 0, paired.stderr
     section = paired.stdout.split("## Paired per-problem comparison (selection by execution)")[1]
