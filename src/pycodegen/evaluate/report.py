@@ -159,7 +159,7 @@ def selected(run: Path) -> dict[str, float] | None:
     return {row["task_id"]: float(bool(row["passed"])) for row in read_jsonl(path)}
 
 
-def paired_sentence(label: str, result: dict[str, Any]) -> str:
+def paired_sentence(label: str, result: dict[str, Any], measure: str = "pass@1") -> str:
     """One line of markdown for a paired per-problem comparison.
 
     >>> r = {"problems": 8, "wins": 1, "losses": 0, "ties": 7, "p_value": 1.0, "mean_difference": 0.125,
@@ -173,7 +173,8 @@ def paired_sentence(label: str, result: dict[str, Any]) -> str:
     verdict = "**beyond the noise** (p < 0.05)" if result["significant"] else "**inside the noise**"
     return (
         f"- {label}, {result['problems']} problems: {plural(result['wins'], 'win')}, "
-        f"{plural(result['losses'], 'loss', 'losses')}, {plural(result['ties'], 'tie')}; pass@1 difference "
+        f"{plural(result['losses'], 'loss', 'losses')}, {plural(result['ties'], 'tie')}; "
+        f"{measure} difference "
         f"{result['mean_difference']:+.3f} (95 % bootstrap interval [{low:+.3f}, {high:+.3f}]); "
         f"exact sign test {p_text}: {verdict}."
     )
@@ -186,10 +187,12 @@ def paired_section(runs: list[tuple[str, Path]]) -> list[str]:
     if len(runs) < 2:
         return []
     first_label, first = runs[0]
-    base = per_problem(first)
+    shares = {path: per_problem(path) for _, path in runs}
     lines = ["", "## Paired per-problem comparison (pass@1)", ""]
     for label, path in runs[1:]:
-        lines.append(paired_sentence(f"{label} vs {first_label}", paired_comparison(base, per_problem(path))))
+        lines.append(
+            paired_sentence(f"{label} vs {first_label}", paired_comparison(shares[first], shares[path]))
+        )
     lines += [
         "",
         "Per problem, the share of samples that passed; a win is a problem the second run does better on. "
@@ -197,15 +200,11 @@ def paired_section(runs: list[tuple[str, Path]]) -> list[str]:
     ]
     picked = {path: selected(path) for _, path in runs}
     if any(v is not None for v in picked.values()):
-        scores = {path: v if v is not None else per_problem(path) for path, v in picked.items()}
+        scores = {path: v if v is not None else shares[path] for path, v in picked.items()}
         lines += ["", "## Paired per-problem comparison (selection by execution)", ""]
         for label, path in runs[1:]:
             result = paired_comparison(scores[first], scores[path])
-            lines.append(
-                paired_sentence(f"{label} vs {first_label}", result).replace(
-                    "pass@1 difference", "difference"
-                )
-            )
+            lines.append(paired_sentence(f"{label} vs {first_label}", result, measure="answer's pass@1"))
         lines += [
             "",
             "A run scored with `--best-of N` counts the sample its selection picked (passed or not); any "

@@ -37,7 +37,6 @@ Key = tuple[str, int]
 # The judge's design version: verdicts decided by another design (issue 11 split the program from the
 # checker) are re-run, never reused, on resume.
 JUDGE = "checker-rpc-1"
-PICKS = "_best_of_picks"  # compute_metrics' per-task choice, written to BEST_OF_FILE, not to results.json
 
 
 def fingerprint(job: Job) -> str:
@@ -133,9 +132,9 @@ def compute_metrics(
     examples: dict[Key, dict[str, Any]],
     encoder: str | None,
     best_of: int | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """pass@k, example-filtered pass@1, best-of-N selection by examples, outcome counts and text metrics of
-    the given samples only."""
+    the given samples only; and with `best_of`, each problem's pick (a row of BEST_OF_FILE), else []."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for s in sorted(samples, key=lambda s: (s["task_id"], s["sample_index"])):
         by_task.setdefault(s["task_id"], []).append(s)
@@ -149,6 +148,7 @@ def compute_metrics(
             for r, p in zip(rows, passed, strict=True)
         ]
     result: dict[str, Any] = {"tasks": len(by_task), "samples": len(samples)}
+    picks: list[dict[str, Any]] = []
     result.update(metrics.pass_at_k_table(counts))
     if examples:
         result.update(metrics.filtered_pass_at_1(filtered))
@@ -166,10 +166,15 @@ def compute_metrics(
             )
         result.update(metrics.best_of_pass_at_1(selection, best_of))
         result["select"] = "examples"
-        result[PICKS] = {
-            task_id: by_task[task_id][best]
+        picks = [
+            {
+                "task_id": task_id,
+                "sample_index": by_task[task_id][best]["sample_index"],
+                "passed_examples": selection[task_id][best][0],
+                "passed": selection[task_id][best][2],
+            }
             for task_id, best in metrics.best_of_picks(selection, best_of).items()
-        }
+        ]
     outcomes = Counter(verdicts[(s["task_id"], s["sample_index"])]["outcome"] for s in samples)
     result["outcomes"] = {o: 0 for o in OUTCOMES} | dict(outcomes)
     # Text metrics: the first sample of each task (the greedy answer when n = 1), what the model wrote
@@ -195,7 +200,7 @@ def compute_metrics(
         else:
             text["codebertscore"] = "skipped: no --encoder given (never downloaded from a hub)"
         result["text_metrics"] = text
-    return result
+    return result, picks
 
 
 def resolve_encoder(encoder: str) -> Path:
@@ -306,24 +311,12 @@ def score_samples(
     verdict_log, example_log, executor_card = _run_sandboxed(samples, problems, name, settings, console)
     elapsed = time.perf_counter() - started
     examples = example_log.verdicts if settings.examples else {}
-    result_metrics = compute_metrics(
+    result_metrics, picks = compute_metrics(
         problems, samples, verdict_log.verdicts, examples, settings.encoder, settings.best_of
     )
-    picks = result_metrics.pop(PICKS, None)
     (out / BEST_OF_FILE).unlink(missing_ok=True)  # a rescore without --best-of leaves no stale choice
-    if picks is not None:
-        write_jsonl(
-            out / BEST_OF_FILE,
-            [
-                {
-                    "task_id": task_id,
-                    "sample_index": row["sample_index"],
-                    "passed_examples": examples.get((task_id, row["sample_index"]), {}).get("passed"),
-                    "passed": bool(verdict_log.verdicts[(task_id, row["sample_index"])]["passed"]),
-                }
-                for task_id, row in picks.items()
-            ],
-        )
+    if picks:
+        write_jsonl(out / BEST_OF_FILE, picks)
     scored = problem_set([s["task_id"] for s in samples], len(problem_list), settings.limit)
     results = {
         "metrics": result_metrics,
