@@ -85,6 +85,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path: Path) -> None:
     pool = problems_file(tmp_path / "pool.jsonl", ["add_2", "add_3", "add_5", "add_7"])
     dev = problems_file(tmp_path / "dev.jsonl", ["add_11", "add_13"])
+    train_settings = tmp_path / "round-train.yaml"
+    train_settings.write_text("lora_r: 4\nlora_alpha: 8\nmax_length: 40\ngroup_by_length: true\n")
     cfg = SelfTrainConfig(
         model=str(tiny_model),
         out=tmp_path / "st",
@@ -101,6 +103,7 @@ def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path:
         timeout=5,
         prompt_mode="raw",
         keep_per_problem=100,
+        train_config=train_settings,
     )
     summary = SelfTrain(cfg, Console(quiet=True)).run()
     rdir = tmp_path / "st" / "round-0"
@@ -123,6 +126,10 @@ def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path:
     assert [r["target"] for r in train_rows] == [k["completion"] for k in kept]
     assert (Path(record["model"]) / "pycodegen.json").is_file() or Path(record["model"]).is_dir()
     assert 0 <= record["dev_pass@1"] <= 1
+    # The round's fine-tune took the --train-config settings, and self-train's own where both could apply.
+    trained = json.loads((rdir / "train" / "final" / "pycodegen.json").read_text())["train_config"]
+    assert (trained["lora_r"], trained["lora_alpha"], trained["max_length"]) == (4, 8, 40)
+    assert trained["group_by_length"] and trained["max_steps"] == 4 and trained["batch_size"] == 4
     assert json.loads((tmp_path / "st" / "rounds.json").read_text())["best_model"]
 
     # A rerun does no work: every step's output is complete.
@@ -135,3 +142,23 @@ def test_evaluation_problems_never_enter_the_pool(tmp_path: Path, humaneval_rows
     write_jsonl(pool, humaneval_rows[:1])
     with pytest.raises(ConfigError, match="evaluation problems"):
         SelfTrain(SelfTrainConfig(problems=[pool], mbpp=False, out=tmp_path / "o"), Console(quiet=True))
+
+
+def test_a_bad_train_config_fails_before_any_sampling(tmp_path: Path) -> None:
+    pool = problems_file(tmp_path / "pool.jsonl", ["add_2"])
+    settings = tmp_path / "t.yaml"
+
+    def start(text: str) -> None:
+        settings.write_text(text)
+        cfg = SelfTrainConfig(problems=[pool], mbpp=False, out=tmp_path / "o", train_config=settings)
+        SelfTrain(cfg, Console(quiet=True))
+
+    with pytest.raises(
+        ConfigError, match=r"t\.yaml: these settings belong to self-train's own flags.*lr \(--lr\)"
+    ):
+        start("lr: 0.001\nlora_r: 4\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: unknown key 'lora_rank'; valid keys: .*lora_r"):
+        start("lora_rank: 4\n")
+    with pytest.raises(ConfigError, match=r"t\.yaml: max_length: "):
+        start("max_length: 2\n")
+    assert not (tmp_path / "o").exists(), "nothing is written before the settings are checked"

@@ -59,23 +59,6 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def read_config_file(path: Path | None) -> dict[str, Any]:
-    """The settings in a `--config` YAML file (empty without one); errors name the file."""
-    import yaml
-
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of setting names to values")
-    return data
-
-
 # -- flags derived from config fields ----------------------------------------------------------------------
 def _strip_optional(annotation: Any) -> Any:
     args = typing.get_args(annotation)
@@ -175,7 +158,7 @@ def flags_to_settings(cls: type[BaseModel], given: dict[str, Any]) -> dict[str, 
 
 def config_command(cls: type[BaseModel], main: Callable[[Any], None], doc: str) -> Callable[..., None]:
     """A typer command whose flags are `cls`'s fields plus `--config`; it validates and calls `main`."""
-    from pycodegen.config import parse_config
+    from pycodegen.config import parse_config, read_config_file
 
     def command(**given: Any) -> None:
         config_path = given.pop("config", None)

@@ -360,6 +360,11 @@ class SelfTrainConfig(SamplingConfig, ExecutorConfig):
     train_steps: int = Field(200, ge=1, description="Optimizer steps per round (or the round budget rules).")
     train_batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     train_budget: str | None = Field(None, description="Time per round's fine-tune: 90s, 10m.")
+    train_config: Path | None = Field(
+        None,
+        description="A YAML file of further `train` settings for each round's fine-tune (lora_r, "
+        "target_modules, max_length, drop_long, group_by_length, dtype, ...: train's flags with _).",
+    )
     budget: str | None = Field(
         None, description="Stop cleanly after this long (rounds already run are kept)."
     )
@@ -758,6 +763,22 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
                 msg = err["msg"].removeprefix("Value error, ")
                 messages.append(f"{dotted}: {msg}" if dotted else msg)
         raise ConfigError(f"{where}: " + "; ".join(messages)) from None
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    """The settings in a YAML settings file (`--config`, `--train-config`; empty without one); errors name
+    the file."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of setting names to values")
+    return data
 
 
 def load_recipe(path: Path, scale: str | None = None) -> RecipeConfig:

@@ -28,7 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from pycodegen.benchmarks import MBPP_SPLITS, Problem, load_humaneval_file, load_mbpp
-from pycodegen.config import SelfTrainConfig, TrainConfig, parse_budget
+from pycodegen.config import SelfTrainConfig, TrainConfig, parse_budget, parse_config, read_config_file
 from pycodegen.console import plural
 from pycodegen.data.dataset_dir import read_split, split_path, write_manifest
 from pycodegen.data.decontaminate import Decontaminator, function_signatures, load_humaneval, load_mbpp_test
@@ -39,6 +39,23 @@ from pycodegen.jsonl import read_jsonl, write_json, write_jsonl
 from pycodegen.templates import fenced, hust_prompt
 
 DONE = "done.json"
+
+# The `train` settings each round's fine-tune takes from self-train itself: a --train-config file may not
+# set them (the flag to use instead, or None where self-train decides).
+ROUND_OWNED = {
+    "family": None,
+    "model": "--model",
+    "data": "--data",
+    "out": "--out",
+    "resume": None,
+    "mode": "--mode",
+    "lr": "--lr",
+    "max_steps": "--train-steps",
+    "batch_size": "--train-batch-size",
+    "budget": "--train-budget",
+    "seed": "--seed",
+    "eval_samples": None,
+}
 
 
 def normalized(code: str) -> str:
@@ -87,12 +104,49 @@ class SelfTrain:
         self.out = Path(cfg.out)
         budget = parse_budget(cfg.budget)
         self.deadline = None if budget is None else time.monotonic() + budget
+        self.train_settings = self.read_train_settings()
         self.pool = self.pool_problems()
         self.dev = self.dev_problems()
         self.by_id = {p.task_id: p for p in [*self.pool, *self.dev]}
 
     def log(self, message: str) -> None:
         self.console.print(f"[bold cyan]self-train[/] {message}")
+
+    def read_train_settings(self) -> dict[str, Any]:
+        """The --train-config file's settings, checked now so that a typo fails before hours of sampling."""
+        path = self.cfg.train_config
+        settings = read_config_file(path)
+        owned = [k for k in settings if k in ROUND_OWNED]
+        if owned:
+            hints = [f"{k} ({ROUND_OWNED[k] or 'set by self-train'})" for k in owned]
+            raise ConfigError(
+                f"{path}: these settings belong to self-train's own flags, not the train config: "
+                + ", ".join(hints)
+            )
+        self.round_train_config(settings, data=self.out / "data", out=self.out / "train", where=str(path))
+        return settings
+
+    def round_train_config(self, settings: dict[str, Any], data: Path, out: Path, where: str) -> TrainConfig:
+        cfg = self.cfg
+        budget = cfg.train_budget
+        if self.deadline is not None:
+            left = max(1, int(self.deadline - time.monotonic()))
+            budget = f"{min(left, int(parse_budget(budget) or left))}s"
+        owned = {
+            "family": "hf-causal",
+            "model": cfg.model,
+            "mode": cfg.mode,
+            "data": data,
+            "out": out,
+            "lr": cfg.lr,
+            "max_steps": cfg.train_steps,
+            "budget": budget,
+            "batch_size": cfg.train_batch_size,
+            "resume": any(out.glob("checkpoint-*")),  # a round killed mid-training continues
+            "eval_samples": 0,
+            "seed": cfg.seed,
+        }
+        return parse_config(TrainConfig, {**settings, **owned}, where=where)
 
     # -- problems -------------------------------------------------------------------------------------
     def pool_problems(self) -> list[Problem]:
@@ -224,24 +278,8 @@ class SelfTrain:
         cfg = self.cfg
         if (out / "final").is_dir():  # trained already (the run was killed after it, in dev)
             return out / "final"
-        budget = cfg.train_budget
-        if self.deadline is not None:
-            left = max(1, int(self.deadline - time.monotonic()))
-            budget = f"{min(left, int(parse_budget(budget) or left))}s"
-        tcfg = TrainConfig(
-            family="hf-causal",
-            model=cfg.model,
-            mode=cfg.mode,
-            data=data,
-            out=out,
-            lr=cfg.lr,
-            max_steps=cfg.train_steps,
-            budget=budget,
-            batch_size=cfg.train_batch_size,
-            resume=any(out.glob("checkpoint-*")),  # a round killed mid-training continues
-            eval_samples=0,
-            seed=cfg.seed,
-        )
+        where = str(cfg.train_config or "self-train")
+        tcfg = self.round_train_config(self.train_settings, data, out, where=where)
         train(tcfg, self.console)
         return out / "final"
 
