@@ -123,7 +123,8 @@ class SelfTrain:
                 f"{path}: these settings belong to self-train's own flags, not the train config: "
                 + ", ".join(hints)
             )
-        self.round_train_config(settings, data=self.out / "data", out=self.out / "train", where=str(path))
+        where = str(path or "self-train")
+        self.round_train_config(settings, data=self.out / "data", out=self.out / "train", where=where)
         return settings
 
     def round_train_config(self, settings: dict[str, Any], data: Path, out: Path, where: str) -> TrainConfig:
