@@ -765,17 +765,22 @@ def parse_config(cls: type[M], data: dict[str, Any], where: str = "config") -> M
         raise ConfigError(f"{where}: " + "; ".join(messages)) from None
 
 
+def _load_yaml(path: Path, what: str = "") -> Any:
+    """A YAML file's content; an unreadable file or invalid YAML is a ConfigError naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}{path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def read_config_file(path: Path | None) -> dict[str, Any]:
     """The settings in a YAML settings file (`--config`, `--train-config`; empty without one); errors name
     the file."""
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = _load_yaml(Path(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of setting names to values")
     return data
@@ -784,12 +789,7 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
 def load_recipe(path: Path, scale: str | None = None) -> RecipeConfig:
     """Read a YAML recipe at a scale (None: the recipe as written, i.e. tiny); every scale it defines is
     validated too, so a broken `paper` scale is an error at any scale. Errors name the file and scale."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = _load_yaml(path, what="recipe ")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of stage names to settings")
     recipe = parse_config(RecipeConfig, data, where=str(path))
