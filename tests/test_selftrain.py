@@ -44,8 +44,8 @@ def problems_file(path: Path, names: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny GPT-2 trained briefly on the adders: it writes them roughly right, not always."""
+def adders_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The adders' source as a dataset with its own small BPE."""
     src = tmp_path_factory.mktemp("adders")
     (src / "adders.py").write_text("\n\n".join("".join(adder(n, k)) for n, k in ADDERS.items()))
     data = tmp_path_factory.mktemp("data") / "d"
@@ -63,7 +63,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         Console(quiet=True),
     )
-    out = tmp_path_factory.mktemp("model") / "m"
+    return data
+
+
+def tiny_gpt2(data: Path, out: Path, steps: int) -> Path:
     cfg = TrainConfig(
         family="hf-causal",
         model="new:gpt2",
@@ -71,7 +74,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data=data,
         out=out,
         lr=3e-3,
-        max_steps=120,
+        max_steps=steps,
         batch_size=6,
         eval_samples=0,
         save_every=1000,
@@ -80,6 +83,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     train(cfg, Console(quiet=True))
     return out / "final"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(adders_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 trained briefly on the adders: it writes them roughly right, not always."""
+    return tiny_gpt2(adders_data, tmp_path_factory.mktemp("model") / "m", steps=120)
 
 
 def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path: Path) -> None:
@@ -135,6 +144,47 @@ def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path:
     # A rerun does no work: every step's output is complete.
     again = SelfTrain(cfg, Console(quiet=True)).run()
     assert again["rounds"] == summary["rounds"]
+
+
+def test_round_zero_can_sample_with_another_model(
+    tiny_model: Path, adders_data: Path, tmp_path: Path
+) -> None:
+    """--sample-model: a model that cannot write the adders yet (two steps of training) is the one each
+    round fine-tunes, and the tiny model that can writes round 0's samples; the round must beat both."""
+    start = tiny_gpt2(adders_data, tmp_path / "start", steps=2)
+    cfg = SelfTrainConfig(
+        model=str(start),
+        sample_model=str(tiny_model),
+        out=tmp_path / "st",
+        problems=[problems_file(tmp_path / "pool.jsonl", ["add_2", "add_3", "add_5", "add_7"])],
+        mbpp=False,
+        dev=problems_file(tmp_path / "dev.jsonl", ["add_11", "add_13"]),
+        rounds=1,
+        n=6,
+        temperature=1.0,
+        max_new_tokens=12,
+        train_steps=2,
+        train_batch_size=4,
+        workers=2,
+        timeout=5,
+        prompt_mode="raw",
+        mode="full",
+    )
+    summary = SelfTrain(cfg, Console(quiet=True)).run()
+    record = summary["rounds"][0]
+    assert record["sampled_with"] == str(tiny_model) and record["kept_total"] > 0
+    assert summary["sample_model"] == str(tiny_model)
+    assert (tmp_path / "st" / "dev-sample-model" / "dev.json").is_file()
+    trained = json.loads((tmp_path / "st" / "round-0" / "train" / "final" / "pycodegen.json").read_text())
+    assert trained["train_config"]["model"] == str(start), "the round fine-tunes --model, not the sampler"
+    # The best model is the one with the highest dev pass@1 of the three measured.
+    scores = {
+        str(start): summary["start_dev_pass@1"],
+        str(tiny_model): summary["sample_model_dev_pass@1"],
+        record["model"]: record["dev_pass@1"],
+    }
+    assert summary["best_dev_pass@1"] == max(scores.values())
+    assert scores[summary["best_model"]] == summary["best_dev_pass@1"]
 
 
 def test_evaluation_problems_never_enter_the_pool(tmp_path: Path, humaneval_rows: list[dict]) -> None:

@@ -343,6 +343,12 @@ class SelfTrainConfig(SamplingConfig, ExecutorConfig):
         [],
         description="HumanEval-format problem files for the pool (`prepare --task problems`); repeatable.",
     )
+    sample_model: str | None = Field(
+        None,
+        description="Draw round 0's samples with this model instead of --model (e.g. a fine-tune that "
+        "writes well-formed code more often); each round still fine-tunes --model, and a round must beat "
+        "the better of the two on dev.",
+    )
     mbpp: bool = Field(True, description="Put MBPP's train split (374 problems) in the pool.")
     dev: Path | None = Field(None, description="Dev problems (HumanEval format); default: MBPP validation.")
     pool_limit: int | None = Field(None, ge=1, description="Only the first N pool problems (smoke runs).")

@@ -311,8 +311,17 @@ class SelfTrain:
         best_model = cfg.model
         summary["start_dev_pass@1"] = best_score
         self.log(f"start model: dev pass@1 {best_score:.3f}")
-        kept_all: list[dict] = []
         model = cfg.model
+        if cfg.sample_model is not None and cfg.sample_model != cfg.model:
+            # Round 0 samples with another model; the rounds must beat it too, or the run would name as
+            # best a fine-tune that is worse than the model its samples came from.
+            model = cfg.sample_model
+            score = self.dev_pass(model, self.out / "dev-sample-model")
+            summary["sample_model"], summary["sample_model_dev_pass@1"] = model, score
+            self.log(f"sample model {model}: dev pass@1 {score:.3f}")
+            if score > best_score:
+                best_score, best_model = score, model
+        kept_all: list[dict] = []
         for k in range(cfg.rounds):
             if self.out_of_time():
                 self.log("budget spent: stopping before round " + str(k))
