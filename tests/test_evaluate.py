@@ -410,3 +410,22 @@ def test_best_of_selects_a_sample_that_passes_the_examples_over_a_likelier_one(t
         "evaluate", str(samples), "--problems", str(problems_file), "--out", str(out), "--best-of", "4"
     )
     assert too_many.returncode == 2 and "needs 4 samples per problem" in too_many.stderr
+
+
+def test_the_examples_read_from_humaneval_prompts_hold_for_the_reference_solutions() -> None:
+    """Selection by examples reads the `>>>` examples and, where a prompt has none, the ones written inline
+    (`f(x) ==> y`, `f(x) ➞ y`, `f(x) should return y`): 139 of the 164 prompts then have examples that run.
+    Run in the sandbox exactly as a sample's examples are, every reference solution passes its prompt's
+    examples except where the prompt itself disagrees with the reference (HumanEval/47 and /116 are
+    known errors of the prompts; /130 states the recurrence as tri(1) = 3, /148 writes a one-planet tuple as
+    ("Venus")). A wrong example costs nothing but the selection for that problem: no sample passes, and
+    the pick falls back to the likeliest."""
+    from pycodegen.evaluate.programs import example_job_for
+    from pycodegen.sandbox.executor import Executor
+
+    _, problems, _ = load_problems("humaneval")
+    jobs = [job for p in problems if (job := example_job_for(p, p.canonical_solution, 0)) is not None]
+    assert len(jobs) == 139
+    with Executor(workers=2, timeout=10.0) as executor:
+        failing = {v.task_id for v in executor.map(jobs) if not v.passed}
+    assert failing == {"HumanEval/47", "HumanEval/116", "HumanEval/130", "HumanEval/148"}

@@ -276,8 +276,8 @@ class GenerateConfig(SamplingConfig, ProblemSet, EngineOptions):
     best_of: int | None = Field(
         None,
         ge=2,
-        description="Free prompts: draw N samples and print one that passes the prompt's >>> examples "
-        "in the sandbox (highest mean log-probability; needs --temperature > 0).",
+        description="Free prompts: draw N samples and print one that passes the prompt's examples "
+        "(>>> or f(x) ==> y) in the sandbox (highest mean log-probability; needs --temperature > 0).",
     )
     select: Literal["examples"] = Field("examples", description="How --best-of picks (see evaluate).")
 
@@ -313,16 +313,21 @@ class EvaluateConfig(SamplingConfig, ProblemSet, ExecutorConfig):
     model: str | None = Field(None, description="Generate the samples with this model first.")
     out: Path = Field(Path("runs/eval"), description="Run directory: verdicts, results.json, report.md.")
     max_new_tokens: int = Field(384, ge=1, description="Tokens generated per sample.")
-    examples: bool = Field(True, description="Also run the prompt's >>> examples (filtered pass@1).")
+    examples: bool = Field(
+        True, description="Also run the prompt's examples, >>> or f(x) ==> y (filtered pass@1)."
+    )
     encoder: str | None = Field(None, description="CodeBERTScore encoder: 'minilm' or a local directory.")
     best_of: int | None = Field(
         None,
         ge=2,
         description="Also score selection by execution: of each problem's first N samples, one that passes "
-        "the prompt's >>> examples (highest mean log-probability); with --model, at least N are drawn.",
+        "the prompt's examples, >>> or f(x) ==> y (highest mean log-probability); with --model, at least N "
+        "are drawn.",
     )
     select: Literal["examples"] = Field(
-        "examples", description="How --best-of picks: examples = the prompt's >>> examples, in the sandbox."
+        "examples",
+        description="How --best-of picks: examples = the prompt's examples (>>> or f(x) ==> y), in the "
+        "sandbox.",
     )
 
     @model_validator(mode="after")
@@ -639,8 +644,9 @@ class ServeConfig(EngineOptions):
     )
     select_examples: bool = Field(
         False,
-        description='Allow best_of with select "examples": samples run against the prompt\'s >>> examples '
-        "in the sandbox (needs root, or PYCODEGEN_UNSAFE_SANDBOX=1); off, such requests get HTTP 400.",
+        description='Allow best_of with select "examples": samples run against the prompt\'s examples '
+        "(>>> or one-line) in the sandbox (needs root, or PYCODEGEN_UNSAFE_SANDBOX=1); off, such requests "
+        "get HTTP 400.",
     )
 
 

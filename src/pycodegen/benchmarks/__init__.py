@@ -79,9 +79,15 @@ class Problem:
 
 
 def docstring_examples(prompt: str) -> list[tuple[str, str]]:
-    """The `>>>` examples in a prompt's docstring: (source, expected output).
+    """The examples in a prompt's docstrings: (source, expected output).
+
+    Each function's `>>>` examples; where a function has none with a literal expected output, the examples
+    its docstring writes inline instead, as most HumanEval prompts from /66 on do (`f(x) ==> y`,
+    `f(x) ➞ y`, `f(x) should return y`, ...: `inline_examples`).
 
     >>> docstring_examples('def f(x):\\n    \"\"\"\\n    >>> f(1)\\n    2\\n    \"\"\"\\n')
+    [('f(1)', '2')]
+    >>> docstring_examples('def f(x):\\n    \"\"\"For example: f(1) ==> 2\\n    \"\"\"\\n')
     [('f(1)', '2')]
     """
     tree = try_parse(prompt + "    pass\n")
@@ -91,10 +97,86 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and (doc := ast.get_docstring(node)):
             try:
-                examples = doctest.DocTestParser().get_examples(doc)
+                tests = doctest.DocTestParser().get_examples(doc)
             except ValueError:
-                continue
-            found += [(e.source.strip(), e.want.strip()) for e in examples if e.want.strip()]
+                tests = []
+            examples = [(e.source.strip(), e.want.strip()) for e in tests if e.want.strip()]
+            if not any(_literal(want) is not None for _, want in examples):
+                examples += inline_examples(doc, node.name)
+            found += examples
+    return found
+
+
+# What separates a call from its expected value in prose examples; longer markers first.
+_INLINE_MARKERS = ("should return", "returns", "==>", "=>", "==", "=", "➞", "->")
+
+
+def _literal(text: str) -> str | None:
+    """`text` as the repr of the Python literal it spells (`true`/`false` as booleans), else None."""
+    text = {"true": "True", "false": "False"}.get(text, text)
+    try:
+        return repr(ast.literal_eval(text))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _call_at(line: str, start: int) -> tuple[ast.expr, int] | None:
+    """The shortest call expression of `line` that starts at `start`, and where it ends."""
+    for end in (i + 1 for i, ch in enumerate(line) if ch == ")" and i > start):
+        try:
+            return ast.parse(line[start:end], mode="eval").body, end
+        except (SyntaxError, ValueError):
+            continue
+    return None
+
+
+def inline_examples(doc: str, name: str) -> list[tuple[str, str]]:
+    """Examples written in prose, one to a line: a call of `name` with literal arguments, a marker
+    (`==>`, `=>`, `==`, `=`, `➞`, `->`, `returns`, `should return`; after a `#` too) and a literal.
+    Anything else (arguments that are names, arithmetic as the result, a call spread over lines) is left
+    out rather than guessed at.
+
+    >>> for example in inline_examples('''search([4, 1, 2]) == 2
+    ... f([1, 2], 5) ➞ False
+    ... * f('Hi') returns 'Hi'
+    ... f(148, 412) should return 16.
+    ... f(15)   # returns "db1111db"
+    ... f("a.txt") # => 'No' (it should start with a letter)
+    ... f(1, 4) => true
+    ... f(a) => False
+    ... f([1, 3]) == 1 + 9 = 10
+    ... Write a function f() that returns the 2nd smallest.''', "f"):
+    ...     print(*example, sep="  →  ")
+    f([1, 2], 5)  →  False
+    f('Hi')  →  'Hi'
+    f(148, 412)  →  16
+    f(15)  →  'db1111db'
+    f("a.txt")  →  'No'
+    f(1, 4)  →  True
+    """
+    found = []
+    call_start = re.compile(rf"(?<![\w.]){re.escape(name)}\(")
+    for line in doc.splitlines():
+        match = call_start.search(line)
+        parsed = None if match is None else _call_at(line, match.start())
+        if match is None or parsed is None:
+            continue
+        call, end = parsed
+        if not isinstance(call, ast.Call) or any(
+            _literal(ast.unparse(arg)) is None for arg in [*call.args, *(k.value for k in call.keywords)]
+        ):
+            continue
+        rest = line[end:].strip().lstrip("#").strip()
+        marker = next((m for m in _INLINE_MARKERS if rest.startswith(m)), None)
+        if marker is None:
+            continue
+        value = rest[len(marker) :].strip()
+        # The value, or the value before a trailing remark: "'No' (the name should ...)", "[1, 5] # ...".
+        for cut in (value, value.split(" (")[0], value.split(" #")[0]):
+            want = _literal(cut.strip().rstrip(".,;").strip())
+            if want is not None:
+                found.append((line[match.start() : end], want))
+                break
     return found
 
 
@@ -102,9 +184,14 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
 def example_test(examples: list[tuple[str, str]]) -> str:
     """Test code for `>>>` examples: each expected output that is a Python literal is compared by value.
 
+    A source that ends in a comment (`f(x)  # the root`) keeps it on a line of its own.
+
     >>> print(example_test([("f(1)", "2"), ("f('a')", "'b'"), ("g()", "not a literal <x>")]))
     assert (f(1)) == 2, 'f(1)'
     assert (f('a')) == 'b', "f('a')"
+    >>> print(example_test([("f(1)  # one", "2")]))
+    assert (f(1)  # one
+    ) == 2, 'f(1)  # one'
     """
     lines = []
     for source, want in examples:
@@ -112,7 +199,8 @@ def example_test(examples: list[tuple[str, str]]) -> str:
             ast.literal_eval(want)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
-        lines.append(f"assert ({source}) == {want}, {source!r}")
+        end = "\n" if "#" in source else ""  # a comment would swallow the closing parenthesis
+        lines.append(f"assert ({source}{end}) == {want}, {source!r}")
     return "\n".join(lines)
 
 

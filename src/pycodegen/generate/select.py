@@ -25,8 +25,9 @@ class Selection:
 
 
 def prompt_problem(prompt: str, task_id: str) -> Problem | None:
-    """The prompt as a HumanEval-style problem when it is code with a function whose docstring has `>>>`
-    examples with literal expected values (the last such function is the entry point); else None."""
+    """The prompt as a HumanEval-style problem when it is code with a function whose docstring has examples
+    (`>>>` or one-line) with literal expected values (the last such function is the entry point); else
+    None."""
     tree = try_parse(prompt + "    pass\n")
     if tree is None:
         return None
