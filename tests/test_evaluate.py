@@ -429,3 +429,25 @@ def test_the_examples_read_from_humaneval_prompts_hold_for_the_reference_solutio
     with Executor(workers=2, timeout=10.0) as executor:
         failing = {v.task_id for v in executor.map(jobs) if not v.passed}
     assert failing == {"HumanEval/47", "HumanEval/116", "HumanEval/130", "HumanEval/148"}
+
+
+def test_inline_examples_are_calls_with_literal_arguments_and_odd_prompts_yield_none() -> None:
+    """A prompt is user input (the server takes any): an inline example is a call whose arguments are all
+    literals (never a name the sample's program could define), and lines that do not close, nest past
+    Python's limits or run very long give no example instead of an error or seconds of parsing."""
+    from pycodegen.benchmarks import docstring_examples
+
+    def examples(line: str) -> list[tuple[str, str]]:
+        return docstring_examples(f'def f(x):\n    """{line}\n    """\n')
+
+    assert examples("f(2) ==> true") == [("f(2)", "True")]  # prose booleans as results: yes
+    assert examples("f(true) ==> 1") == []  # as arguments: `true` would be a name the sample defines
+    assert examples("f(x) ==> 1") == [] and examples("f('(') ==> 1") == [("f('(')", "1")]
+    hostile = [
+        "f(" + "((()))" * 1000,  # never closes
+        "f(" + "-" * 500 + "1) ==> 1",  # nests past the recursion limit
+        "f(" + "+".join(["1"] * 20000) + ") ==> 1",  # too long to be an example
+        'f("abc) ==> 1',  # an unterminated string
+        "f(" + "(" * 400 + "1" + ")" * 400 + ") ==> 2",
+    ]
+    assert [examples(line) for line in hostile] == [[]] * len(hostile)

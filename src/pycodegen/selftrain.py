@@ -1,7 +1,8 @@
 """`pycodegen self-train`: executor-verified self-training (expert iteration, as STaR / CodeRL's filtered
 sampling): rounds of
 
-1. **sample** `n` solutions per pool problem with the current model (MBPP train, mined problems, ...);
+1. **sample** `n` solutions per pool problem with the current model (MBPP train, mined problems, ...;
+   round 0 with `--sample-model` when given, in the start model's prompt mode);
 2. **judge** each in the sandbox against the problem's tests;
 3. **keep** the passing ones: normalised-code dedup, at most `keep_per_problem` per problem, never a
    problem of an evaluation set (HumanEval, MBPP test: refused by task id and by decontamination);
@@ -13,7 +14,7 @@ It stops when dev pass@1 does not improve on the best so far, after `rounds`, or
 Every step writes its output under OUT/round-K/ (samples.jsonl, verdicts.jsonl, kept.jsonl, data/,
 train/, dev/) and is skipped on a rerun when its output is complete, so a killed run resumes: samples and
 verdicts resume row by row, the fine-tune from its last checkpoint. OUT/rounds.json is the summary and
-OUT/best names the best checkpoint.
+OUT/best names the best model measured on dev (the start model, the sample model or a round's checkpoint).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class SelfTrain:
 
     def __init__(self, cfg: SelfTrainConfig, console: Console) -> None:
         self.cfg, self.console = cfg, console
+        self.mode: str = cfg.prompt_mode  # resolved from the start model when the run starts
         self.out = Path(cfg.out)
         budget = parse_budget(cfg.budget)
         self.deadline = None if budget is None else time.monotonic() + budget
@@ -192,7 +194,10 @@ class SelfTrain:
         from pycodegen.generate.samples import generate_samples
 
         cfg = self.cfg
-        sampling = cfg.model_copy(update={"n": 1, "temperature": 0.0} if greedy else {})
+        # Every model is asked in the start model's prompt mode: the kept samples train it in that form.
+        sampling = cfg.model_copy(update={"prompt_mode": self.mode})
+        if greedy:
+            sampling = sampling.model_copy(update={"n": 1, "temperature": 0.0})
         generate_samples(model, problems, out, sampling, benchmark="self-train", console=self.console)
 
     def judge(self, samples_path: Path, out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -301,7 +306,7 @@ class SelfTrain:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         tokenizer = load_tokenizer(cfg.model)
-        mode = resolve_prompt_mode(tokenizer, cfg.prompt_mode, cfg.model)
+        mode = self.mode = resolve_prompt_mode(tokenizer, cfg.prompt_mode, cfg.model)
         self.log(
             f"pool {plural(len(self.pool), 'problem')}, dev {plural(len(self.dev), 'problem')}; "
             f"{cfg.n} samples per problem at T={cfg.temperature}, prompt mode {mode}"

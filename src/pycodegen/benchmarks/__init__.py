@@ -7,14 +7,16 @@ import ast
 import doctest
 import hashlib
 import importlib.resources
+import io
 import re
+import tokenize
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pycodegen.errors import ConfigError, DataError, unknown_name
 from pycodegen.jsonl import iter_jsonl, read_jsonl
-from pycodegen.pyast import try_parse
+from pycodegen.pyast import PARSE_ERRORS, try_parse
 from pycodegen.templates import humaneval_instruction, mbpp_instruction
 from pycodegen.zoo import package_data
 
@@ -101,7 +103,7 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
             except ValueError:
                 tests = []
             examples = [(e.source.strip(), e.want.strip()) for e in tests if e.want.strip()]
-            if not any(_literal(want) is not None for _, want in examples):
+            if not usable_examples(examples):
                 examples += inline_examples(doc, node.name)
             found += examples
     return found
@@ -109,24 +111,44 @@ def docstring_examples(prompt: str) -> list[tuple[str, str]]:
 
 # What separates a call from its expected value in prose examples; longer markers first.
 _INLINE_MARKERS = ("should return", "returns", "==>", "=>", "==", "=", "➞", "->")
+_LITERAL_ERRORS = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)
+_LONGEST_EXAMPLE_LINE = 1000  # longer docstring lines are prose or data, not an example to run
 
 
-def _literal(text: str) -> str | None:
-    """`text` as the repr of the Python literal it spells (`true`/`false` as booleans), else None."""
-    text = {"true": "True", "false": "False"}.get(text, text)
+def _literal(text: str, prose: bool = False) -> str | None:
+    """`text` as the repr of the Python literal it spells, else None; in `prose`, `true`/`false` are the
+    booleans (prompts written for other languages say so)."""
+    if prose:
+        text = {"true": "True", "false": "False"}.get(text, text)
     try:
         return repr(ast.literal_eval(text))
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+    except _LITERAL_ERRORS:
         return None
 
 
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+    except _LITERAL_ERRORS:
+        return False
+    return True
+
+
 def _call_at(line: str, start: int) -> tuple[ast.expr, int] | None:
-    """The shortest call expression of `line` that starts at `start`, and where it ends."""
-    for end in (i + 1 for i, ch in enumerate(line) if ch == ")" and i > start):
-        try:
-            return ast.parse(line[start:end], mode="eval").body, end
-        except (SyntaxError, ValueError):
-            continue
+    """The call expression of `line` that starts at `start` (up to the bracket that closes its first
+    one, found in one pass of the tokenizer), and where it ends; None if it does not close on the line."""
+    depth, offset = 0, start
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(line[start:]).readline):
+            if token.type == tokenize.OP and token.string in "([{":
+                depth += 1
+            elif token.type == tokenize.OP and token.string in ")]}":
+                depth -= 1
+                if depth == 0:
+                    end = offset + token.end[1]
+                    return ast.parse(line[start:end], mode="eval").body, end
+    except (tokenize.TokenError, IndentationError, *PARSE_ERRORS):
+        return None
     return None
 
 
@@ -157,13 +179,13 @@ def inline_examples(doc: str, name: str) -> list[tuple[str, str]]:
     found = []
     call_start = re.compile(rf"(?<![\w.]){re.escape(name)}\(")
     for line in doc.splitlines():
-        match = call_start.search(line)
+        match = call_start.search(line) if len(line) <= _LONGEST_EXAMPLE_LINE else None
         parsed = None if match is None else _call_at(line, match.start())
         if match is None or parsed is None:
             continue
         call, end = parsed
-        if not isinstance(call, ast.Call) or any(
-            _literal(ast.unparse(arg)) is None for arg in [*call.args, *(k.value for k in call.keywords)]
+        if not isinstance(call, ast.Call) or not all(
+            _is_literal(arg) for arg in [*call.args, *(k.value for k in call.keywords)]
         ):
             continue
         rest = line[end:].strip().lstrip("#").strip()
@@ -173,7 +195,7 @@ def inline_examples(doc: str, name: str) -> list[tuple[str, str]]:
         value = rest[len(marker) :].strip()
         # The value, or the value before a trailing remark: "'No' (the name should ...)", "[1, 5] # ...".
         for cut in (value, value.split(" (")[0], value.split(" #")[0]):
-            want = _literal(cut.strip().rstrip(".,;").strip())
+            want = _literal(cut.strip().rstrip(".,;").strip(), prose=True)
             if want is not None:
                 found.append((line[match.start() : end], want))
                 break
@@ -181,8 +203,17 @@ def inline_examples(doc: str, name: str) -> list[tuple[str, str]]:
 
 
 # -- completion → program (evaluate's jobs, and generate's selection by examples) -----------------------
+def usable_examples(examples: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The examples that can be checked by value: (source, the repr of the literal the example expects).
+
+    >>> usable_examples([("f(1)", "2"), ("g()", "not a literal <x>"), ("h()", "{[1]: 2}"), ("k()", "1, 2")])
+    [('f(1)', '2'), ('k()', '(1, 2)')]
+    """
+    return [(source, want) for source, text in examples if (want := _literal(text)) is not None]
+
+
 def example_test(examples: list[tuple[str, str]]) -> str:
-    """Test code for `>>>` examples: each expected output that is a Python literal is compared by value.
+    """Test code for the examples (`usable_examples`): each one's result is compared by value.
 
     A source that ends in a comment (`f(x)  # the root`) keeps it on a line of its own.
 
@@ -194,11 +225,7 @@ def example_test(examples: list[tuple[str, str]]) -> str:
     ) == 2, 'f(1)  # one'
     """
     lines = []
-    for source, want in examples:
-        try:
-            ast.literal_eval(want)
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
+    for source, want in usable_examples(examples):
         end = "\n" if "#" in source else ""  # a comment would swallow the closing parenthesis
         lines.append(f"assert ({source}{end}) == {want}, {source!r}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import threading
 from contextlib import closing
 from dataclasses import dataclass
 
-from pycodegen.benchmarks import Problem, docstring_examples, example_test, program_for
+from pycodegen.benchmarks import Problem, docstring_examples, example_test, program_for, usable_examples
 from pycodegen.generate.postprocess import postprocess
 from pycodegen.metrics import select_index
 from pycodegen.pyast import try_parse
@@ -78,6 +78,6 @@ def select_by_examples(
             passed.get((f"prompt/{i}", j)) if problem is not None else None for j in range(len(texts))
         ]
         index = select_index([(flag, lp) for flag, (_, lp) in zip(flags, texts, strict=True)])
-        count = len(example_test(problem.examples).splitlines()) if problem is not None else 0
+        count = len(usable_examples(problem.examples)) if problem is not None else 0
         selections.append(Selection(index, flags, count))
     return selections
