@@ -91,29 +91,30 @@ def tiny_model(adders_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return tiny_gpt2(adders_data, tmp_path_factory.mktemp("model") / "m", steps=120)
 
 
-def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path: Path) -> None:
-    pool = problems_file(tmp_path / "pool.jsonl", ["add_2", "add_3", "add_5", "add_7"])
-    dev = problems_file(tmp_path / "dev.jsonl", ["add_11", "add_13"])
-    train_settings = tmp_path / "round-train.yaml"
-    train_settings.write_text("lora_r: 4\nlora_alpha: 8\nmax_length: 40\ngroup_by_length: true\n")
-    cfg = SelfTrainConfig(
-        model=str(tiny_model),
+def smoke_round(tmp_path: Path, model: Path, **settings: object) -> SelfTrainConfig:
+    """One smoke-scale round: 6 samples to each of four adders, dev on two others, raw prompts."""
+    return SelfTrainConfig(
+        model=str(model),
         out=tmp_path / "st",
-        problems=[pool],
+        problems=[problems_file(tmp_path / "pool.jsonl", ["add_2", "add_3", "add_5", "add_7"])],
         mbpp=False,
-        dev=dev,
+        dev=problems_file(tmp_path / "dev.jsonl", ["add_11", "add_13"]),
         rounds=1,
         n=6,
         temperature=1.0,
         max_new_tokens=12,
-        train_steps=4,
         train_batch_size=4,
         workers=2,
         timeout=5,
         prompt_mode="raw",
-        keep_per_problem=100,
-        train_config=train_settings,
+        **settings,
     )
+
+
+def test_one_round_keeps_exactly_the_passing_samples(tiny_model: Path, tmp_path: Path) -> None:
+    train_settings = tmp_path / "round-train.yaml"
+    train_settings.write_text("lora_r: 4\nlora_alpha: 8\nmax_length: 40\ngroup_by_length: true\n")
+    cfg = smoke_round(tmp_path, tiny_model, train_steps=4, keep_per_problem=100, train_config=train_settings)
     summary = SelfTrain(cfg, Console(quiet=True)).run()
     rdir = tmp_path / "st" / "round-0"
     verdicts = {(v["task_id"], v["sample_index"]): v["passed"] for v in read_jsonl(rdir / "verdicts.jsonl")}
@@ -152,24 +153,7 @@ def test_round_zero_can_sample_with_another_model(
     """--sample-model: a model that cannot write the adders yet (two steps of training) is the one each
     round fine-tunes, and the tiny model that can writes round 0's samples; the round must beat both."""
     start = tiny_gpt2(adders_data, tmp_path / "start", steps=2)
-    cfg = SelfTrainConfig(
-        model=str(start),
-        sample_model=str(tiny_model),
-        out=tmp_path / "st",
-        problems=[problems_file(tmp_path / "pool.jsonl", ["add_2", "add_3", "add_5", "add_7"])],
-        mbpp=False,
-        dev=problems_file(tmp_path / "dev.jsonl", ["add_11", "add_13"]),
-        rounds=1,
-        n=6,
-        temperature=1.0,
-        max_new_tokens=12,
-        train_steps=2,
-        train_batch_size=4,
-        workers=2,
-        timeout=5,
-        prompt_mode="raw",
-        mode="full",
-    )
+    cfg = smoke_round(tmp_path, start, sample_model=str(tiny_model), train_steps=2, mode="full")
     summary = SelfTrain(cfg, Console(quiet=True)).run()
     record = summary["rounds"][0]
     assert record["sampled_with"] == str(tiny_model) and record["kept_total"] > 0

@@ -195,9 +195,8 @@ class SelfTrain:
 
         cfg = self.cfg
         # Every model is asked in the start model's prompt mode: the kept samples train it in that form.
-        sampling = cfg.model_copy(update={"prompt_mode": self.mode})
-        if greedy:
-            sampling = sampling.model_copy(update={"n": 1, "temperature": 0.0})
+        greedy_settings = {"n": 1, "temperature": 0.0} if greedy else {}
+        sampling = cfg.model_copy(update={"prompt_mode": self.mode, **greedy_settings})
         generate_samples(model, problems, out, sampling, benchmark="self-train", console=self.console)
 
     def judge(self, samples_path: Path, out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -233,7 +232,7 @@ class SelfTrain:
             )
         return kept
 
-    def write_data(self, out: Path, kept: list[dict], mode: str, tokenizer: Any) -> None:
+    def write_data(self, out: Path, kept: list[dict], tokenizer: Any) -> None:
         """An instruction dataset: the original data's rows plus one row per kept sample."""
         from pycodegen.generate.decoding import format_prompt
 
@@ -244,9 +243,9 @@ class SelfTrain:
             valid = read_split(Path(self.cfg.data), "valid")
         for k in kept:
             p = self.by_id[k["task_id"]]
-            if mode == "raw":
+            if self.mode == "raw":
                 prompt, target = p.prompt, k["completion"]
-            elif mode == "hust":
+            elif self.mode == "hust":
                 prompt, target = hust_prompt(p.instruction), k["completion"]
             else:  # chat: answer in a fenced block, the form the chat model answers in (and stops after)
                 prompt = format_prompt(tokenizer, p.instruction, "chat")
@@ -267,7 +266,7 @@ class SelfTrain:
         write_jsonl(split_path(out, "valid"), valid)
         write_jsonl(split_path(out, "test"), [])
         digest = hashlib.sha256(split_path(out, "train").read_bytes()).hexdigest()
-        template = {"raw": "plain", "hust": "hust", "chat": "chat"}[mode]
+        template = {"raw": "plain", "hust": "hust", "chat": "chat"}[self.mode]
         write_manifest(
             out,
             {
@@ -337,7 +336,7 @@ class SelfTrain:
             if done.is_file():
                 record = json.loads(done.read_text())
             else:
-                record = self.round(k, rdir, model, kept_all, mode, tokenizer)
+                record = self.round(k, rdir, model, kept_all, tokenizer)
                 write_json(done, record)
             kept_all = read_jsonl(rdir / "kept.jsonl")
             summary["rounds"].append(record)
@@ -356,7 +355,7 @@ class SelfTrain:
         self.log(f"best: {best_model} (dev pass@1 {best_score:.3f}) → {self.out}/rounds.json")
         return summary
 
-    def round(self, k: int, rdir: Path, model: str, kept_before: list[dict], mode: str, tok: Any) -> dict:
+    def round(self, k: int, rdir: Path, model: str, kept_before: list[dict], tok: Any) -> dict:
         samples = rdir / "samples.jsonl"
         self.sample(model, self.pool, samples, greedy=False)
         verdicts = self.judge(samples, rdir / "verdicts.jsonl")
@@ -369,7 +368,7 @@ class SelfTrain:
                 f"round {k}: no sample passed ({len(verdicts)} judged); nothing to train on — "
                 "more samples (-n), a higher --temperature or easier pool problems"
             )
-        self.write_data(rdir / "data", kept, mode, tok)
+        self.write_data(rdir / "data", kept, tok)
         trained = self.fine_tune(rdir / "data", rdir / "train")
         score = self.dev_pass(str(trained), rdir / "dev")
         return {

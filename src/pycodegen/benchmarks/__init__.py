@@ -137,7 +137,7 @@ def _is_literal(node: ast.expr) -> bool:
 def _call_at(line: str, start: int) -> tuple[ast.expr, int] | None:
     """The call expression of `line` that starts at `start` (up to the bracket that closes its first
     one, found in one pass of the tokenizer), and where it ends; None if it does not close on the line."""
-    depth, offset = 0, start
+    depth = 0
     try:
         for token in tokenize.generate_tokens(io.StringIO(line[start:]).readline):
             if token.type == tokenize.OP and token.string in "([{":
@@ -145,7 +145,7 @@ def _call_at(line: str, start: int) -> tuple[ast.expr, int] | None:
             elif token.type == tokenize.OP and token.string in ")]}":
                 depth -= 1
                 if depth == 0:
-                    end = offset + token.end[1]
+                    end = start + token.end[1]
                     return ast.parse(line[start:end], mode="eval").body, end
     except (tokenize.TokenError, IndentationError, *PARSE_ERRORS):
         return None
