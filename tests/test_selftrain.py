@@ -170,6 +170,12 @@ def test_round_zero_can_sample_with_another_model(
     assert summary["best_dev_pass@1"] == max(scores.values())
     assert scores[summary["best_model"]] == summary["best_dev_pass@1"]
 
+    # Resumed without --sample-model: the finished round keeps its record and the log says whose samples.
+    console = Console(record=True, width=1000)
+    again = SelfTrain(cfg.model_copy(update={"sample_model": None}), console).run()
+    assert again["rounds"] == summary["rounds"] and "sample_model" not in again
+    assert f"round 0 finished earlier with samples from {tiny_model}, not {start}" in console.export_text()
+
 
 def test_evaluation_problems_never_enter_the_pool(tmp_path: Path, humaneval_rows: list[dict]) -> None:
     pool = tmp_path / "pool.jsonl"

@@ -335,6 +335,11 @@ class SelfTrain:
             done = rdir / DONE
             if done.is_file():
                 record = json.loads(done.read_text())
+                if record.get("sampled_with") != model:  # finished before --sample-model changed
+                    self.log(
+                        f"round {k} finished earlier with samples from {record.get('sampled_with')}, "
+                        f"not {model}: kept as it is (another --out starts afresh)"
+                    )
             else:
                 record = self.round(k, rdir, model, kept_all, tokenizer)
                 write_json(done, record)
